@@ -1,0 +1,210 @@
+"""Load a ViT backbone from a preset name, a hub id, a local directory or a Meta ``.pth``.
+
+All weight loading of the project goes through ``load_encoder``: it decides which source a
+string names, never downloads when ``HF_HUB_OFFLINE=1``, never enables
+``trust_remote_code`` unless asked, checks that the weights belong to the requested family,
+and installs Meta's position-embedding interpolation where the weights were trained with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+
+from .families import EncoderFamily
+from .presets import EncoderPreset
+from .registry import find_preset, get_family, list_encoder_types
+
+logger = logging.getLogger(__name__)
+
+PosInterp = Literal["meta", "hf"]
+SourceKind = Literal["hub", "local", "meta-pth", "random"]
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+class EncoderNotAvailableError(OSError):
+    """The weights are neither on disk nor downloadable (offline)."""
+
+
+@dataclass
+class LoadedEncoder:
+    """A loaded transformers model and what it is."""
+
+    model: nn.Module
+    family: EncoderFamily
+    source: SourceKind
+    location: str
+    preset: EncoderPreset | None = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "org/name"; anything absolute, relative-dotted, home-based, deeper, or
+    # ending like a checkpoint file is meant as a local path.
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or name.endswith(CHECKPOINT_SUFFIXES)
+        or os.sep != "/" and os.sep in name
+    )
+
+
+def _family_for(model_type: str, encoder_type: str | None, what: str) -> EncoderFamily:
+    if encoder_type is not None:
+        family = get_family(encoder_type)
+        if family.upstream:
+            raise ValueError(
+                f"encoder type '{encoder_type}' is the upstream SAM2 trunk; it has no ViT to load. "
+                "Use sam2's own Hiera configs (e.g. configs/sam2.1/sam2.1_hiera_l.yaml)."
+            )
+        if not family.accepts(model_type):
+            raise ValueError(
+                f"{what} is a '{model_type}' model but encoder_type='{encoder_type}' expects "
+                f"{', '.join(family.model_types)}; pass the matching encoder type"
+            )
+        return family
+    for name in list_encoder_types():
+        family = get_family(name)
+        if family.model_types and model_type in family.model_types:
+            return family
+    return get_family("vit")
+
+
+def _hub_error(hub_id: str, err: Exception) -> EncoderNotAvailableError:
+    if _offline():
+        msg = (
+            f"encoder '{hub_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it; "
+            f"download it where there is network (hf download {hub_id} --local-dir DIR) and pass the local "
+            "directory DIR instead of the id"
+        )
+    else:
+        msg = (
+            f"could not load encoder '{hub_id}' from the Hugging Face hub ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); check the id, or pass a local directory "
+            "holding config.json and the weights"
+        )
+    return EncoderNotAvailableError(msg)
+
+
+def _from_config(config) -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_config(config)
+
+
+def _load_hf(location: str, *, random_init: bool, local: bool, revision: str | None, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoModel
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if local:
+        kwargs["local_files_only"] = True
+    else:
+        kwargs["revision"] = revision
+    try:
+        if random_init:
+            return _from_config(AutoConfig.from_pretrained(location, **kwargs))
+        return AutoModel.from_pretrained(location, **kwargs)
+    except OSError as err:
+        if local:
+            raise ValueError(f"could not load the encoder in local directory '{location}': {err}") from err
+        raise _hub_error(location, err) from None
+
+
+def load_encoder(
+    pretrained: str | os.PathLike,
+    encoder_type: str | None = None,
+    *,
+    random_init: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    pos_interp: PosInterp = "meta",
+) -> LoadedEncoder:
+    """Load a ViT and identify its family.
+
+    Args:
+        pretrained: a preset name (``dinov2_large``), a hub id (``facebook/dinov2-large``), a
+            local directory with ``config.json`` + weights, or a Meta DINOv2 ``.pth``.
+        encoder_type: the expected family; inferred from ``config.model_type`` when None.
+        random_init: build the architecture with random weights (benchmarks, tests). For a
+            preset this needs no file at all.
+        revision: hub revision (hub ids only).
+        trust_remote_code: forwarded to transformers; off by default.
+        pos_interp: ``"meta"`` reproduces Meta's DINOv2 position-embedding interpolation for
+            weights trained with it (default); ``"hf"`` keeps transformers' own rule.
+    """
+    if pos_interp not in ("meta", "hf"):
+        raise ValueError(f"pos_interp must be 'meta' or 'hf', got {pos_interp!r}")
+    name = os.fspath(pretrained)
+    preset = find_preset(name)
+    if preset is not None:
+        if encoder_type is not None and encoder_type != preset.encoder_type:
+            raise ValueError(
+                f"preset '{name}' is of encoder type '{preset.encoder_type}', not '{encoder_type}'; "
+                f"drop encoder_type or pass encoder_type='{preset.encoder_type}'"
+            )
+        if random_init:
+            from transformers import AutoConfig
+
+            config = AutoConfig.for_model(preset.model_type, **dict(preset.arch))
+            model, source, location = _from_config(config), "random", f"preset {name} (random weights)"
+        else:
+            model = _load_hf(preset.hf_id, random_init=False, local=False, revision=preset.revision or revision,
+                             trust_remote_code=trust_remote_code)
+            source, location = "hub", preset.hf_id
+    elif os.path.isdir(os.path.expanduser(name)):
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"encoder directory '{path}' has no config.json; save the model there with "
+                "model.save_pretrained(dir), or pass a hub id or a Meta .pth file"
+            )
+        model = _load_hf(str(path), random_init=random_init, local=True, revision=None,
+                         trust_remote_code=trust_remote_code)
+        source, location = ("random" if random_init else "local"), str(path)
+    elif os.path.isfile(os.path.expanduser(name)):
+        path = Path(name).expanduser()
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(
+                f"'{path}' is a file but not a .pth/.pt checkpoint; pass a directory with config.json, "
+                "a hub id, a preset name or a Meta DINOv2 .pth"
+            )
+        if encoder_type is not None and not get_family(encoder_type).meta_checkpoint:
+            raise NotImplementedError(
+                f"Meta-format .pth checkpoints are converted only for encoder types whose key mapping is "
+                f"verified against a reference implementation (dino); '{encoder_type}' is not one. "
+                "Convert the weights to a transformers directory (save_pretrained) and pass that directory."
+            )
+        from .meta_dinov2 import load_meta_dinov2
+
+        model = load_meta_dinov2(path, meta_pos_interp=pos_interp == "meta")
+        source, location = "meta-pth", str(path)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(
+            f"encoder path '{name}' does not exist; pass an existing directory with config.json, a Meta .pth "
+            "file, a hub id (org/name) or a preset name (sam2-vitplug info lists them)"
+        )
+    else:
+        model = _load_hf(name, random_init=random_init, local=False, revision=revision,
+                         trust_remote_code=trust_remote_code)
+        source, location = ("random" if random_init else "hub"), name
+
+    model_type = model.config.model_type
+    family = _family_for(model_type, encoder_type, f"'{name}'")
+    if pos_interp == "meta" and model_type in family.meta_pos_interp_model_types:
+        from .pos_embed import use_meta_pos_interpolation
+
+        use_meta_pos_interpolation(model.embeddings)
+    logger.info("loaded %s encoder '%s' from %s (%s)", family.name, name, location, source)
+    return LoadedEncoder(model=model, family=family, source=source, location=location, preset=preset)

@@ -1,0 +1,129 @@
+"""Named encoder presets: data only, no behaviour.
+
+A preset records where a model's weights live (hub id and revision), what it expects as
+input, and the architecture numbers needed to build the same geometry with random weights
+(benchmarks, ``random_init=True``, tests that must run offline). When real weights are
+loaded, the checkpoint's own ``config.json`` is authoritative and ``arch`` is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """One named, loadable encoder (``dinov2_large``, ``dinov3_small``, ...).
+
+    Attributes:
+        name: the short name users type.
+        encoder_type: the family (entry-point name in ``sam2_vitplug.encoders``).
+        hf_id: Hugging Face hub id of the weights.
+        model_type: transformers ``config.model_type`` of the weights.
+        arch: transformers config kwargs that reproduce the architecture offline.
+        native_size: the pre-training resolution in pixels.
+        revision: optional hub revision to pin.
+        mean, std: the pixel normalisation the weights were trained with.
+        license: the weights' license, as published.
+    """
+
+    name: str
+    encoder_type: str
+    hf_id: str
+    model_type: str
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    native_size: int = 224
+    revision: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    license: str = ""
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.arch["patch_size"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.arch["hidden_size"])
+
+
+def _vit_arch(hidden: int, layers: int, heads: int, patch: int, **extra: Any) -> dict[str, Any]:
+    arch = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+    }
+    arch.update(extra)
+    return arch
+
+
+# DINOv2 (patch 14, trained at 518 px with a 37x37 position grid).
+_DINOV2_SIZES = {
+    "small": _vit_arch(384, 12, 6, 14),
+    "base": _vit_arch(768, 12, 12, 14),
+    "large": _vit_arch(1024, 24, 16, 14),
+    "giant": _vit_arch(1536, 40, 24, 14, use_swiglu_ffn=True),
+}
+
+DINOV2_PRESETS = tuple(
+    EncoderPreset(
+        name=f"dinov2_{size}",
+        encoder_type="dino",
+        hf_id=f"facebook/dinov2-{size}",
+        model_type="dinov2",
+        arch={**arch, "image_size": 518, "layerscale_value": 1.0},
+        native_size=518,
+        license="Apache-2.0",
+    )
+    for size, arch in _DINOV2_SIZES.items()
+) + tuple(
+    EncoderPreset(
+        name=f"dinov2_{size}_reg",
+        encoder_type="dino",
+        hf_id=f"facebook/dinov2-with-registers-{size}",
+        model_type="dinov2_with_registers",
+        arch={**arch, "image_size": 518, "layerscale_value": 1.0, "num_register_tokens": 4},
+        native_size=518,
+        license="Apache-2.0",
+    )
+    for size, arch in _DINOV2_SIZES.items()
+)
+
+# DINOv3 ViTs (patch 16, 4 register tokens, RoPE: no position grid to interpolate).
+_DINOV3_SIZES = {
+    "small": ("vits16", _vit_arch(384, 12, 6, 16, intermediate_size=1536)),
+    "base": ("vitb16", _vit_arch(768, 12, 12, 16, intermediate_size=3072)),
+    "large": ("vitl16", _vit_arch(1024, 24, 16, 16, intermediate_size=4096)),
+    "huge_plus": ("vith16plus", _vit_arch(1280, 32, 20, 16, intermediate_size=5120, use_gated_mlp=True)),
+}
+
+DINOV3_PRESETS = tuple(
+    EncoderPreset(
+        name=f"dinov3_{size}",
+        encoder_type="dinov3",
+        hf_id=f"facebook/dinov3-{tag}-pretrain-lvd1689m",
+        model_type="dinov3_vit",
+        arch={**arch, "num_register_tokens": 4, "image_size": 224},
+        native_size=512,
+        license="DINOv3 License",
+    )
+    for size, (tag, arch) in _DINOV3_SIZES.items()
+)
+
+# I-JEPA ViT-H/14 (no CLS token; position embeddings must be interpolated off 224 px).
+IJEPA_PRESETS = (
+    EncoderPreset(
+        name="ijepa_huge14",
+        encoder_type="ijepa",
+        hf_id="facebook/ijepa_vith14_1k",
+        model_type="ijepa",
+        arch=_vit_arch(1280, 32, 16, 14, intermediate_size=5120, image_size=224),
+        native_size=224,
+        license="CC-BY-NC-4.0",
+    ),
+)

@@ -1,0 +1,117 @@
+"""Build SAM2's stride 4/8/16/32 pyramid from single-stride (16) ViT maps.
+
+Levels are produced high-res first (strides 4, 8, 16, 32), the order SAM2 trunks return.
+Each level reads its own input map, so the pyramid can be fed from one ViT layer or from
+several intermediate layers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.sam2_utils import LayerNorm2d
+from torch import nn
+
+UpsampleMode = Literal["bilinear", "deconv"]
+UPSAMPLE_MODES = ("bilinear", "deconv")
+
+
+class BilinearUp(nn.Module):
+    """1x1 projection, then bilinear upsampling by ``scale``.
+
+    Projecting before upsampling is exact (both maps are linear and act on different axes)
+    and costs ``scale**2`` times less than projecting the upsampled map.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, scale: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        return F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
+
+
+class DeconvUp(nn.Module):
+    """ViTDet-style stack of 2x2 stride-2 transposed convolutions (one per factor of 2)."""
+
+    def __init__(self, in_dim: int, out_dim: int, scale: int) -> None:
+        super().__init__()
+        if scale not in (2, 4):
+            raise NotImplementedError(f"DeconvUp supports scale 2 or 4, got {scale}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        if scale == 4:
+            mid = max(in_dim // 2, out_dim)
+            layers += [nn.ConvTranspose2d(dim, mid, 2, stride=2), LayerNorm2d(mid), nn.GELU()]
+            dim = mid
+        layers.append(nn.ConvTranspose2d(dim, out_dim, 2, stride=2))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DepthwiseSeparableRefine(nn.Module):
+    """Residual depthwise 3x3 + pointwise refinement of an upsampled map.
+
+    The last pointwise conv starts at zero, so a fresh block is the identity and does not
+    disturb the upsampled features until it has learnt something.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.norm = LayerNorm2d(dim)
+        self.act = nn.GELU()
+        self.pw = nn.Conv2d(dim, dim, kernel_size=1)
+        nn.init.zeros_(self.pw.weight)
+        nn.init.zeros_(self.pw.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw(self.act(self.norm(self.dw(x))))
+
+
+class MultiScalePyramid(nn.Module):
+    """Stride-16 ViT maps -> ``[s4, s8, s16, s32]`` maps with ``out_dims`` channels.
+
+    Args:
+        in_dim: channels of the ViT maps.
+        out_dims: channels per level, **low-res first** (``[C32, C16, C8, C4]``), SAM2's
+            ``channel_list`` order.
+        upsample_mode: ``bilinear`` (1x1 projection + bilinear) or ``deconv`` (ViTDet).
+        refine_highres: add a depthwise-separable refinement on the stride 8 and 4 levels.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dims: Sequence[int],
+        upsample_mode: UpsampleMode = "bilinear",
+        refine_highres: bool = True,
+    ) -> None:
+        super().__init__()
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}")
+        c32, c16, c8, c4 = (int(c) for c in out_dims)
+        up = BilinearUp if upsample_mode == "bilinear" else DeconvUp
+        self.to_s4 = up(in_dim, c4, 4)
+        self.to_s8 = up(in_dim, c8, 2)
+        self.to_s16 = nn.Conv2d(in_dim, c16, kernel_size=1)
+        # 3x3 stride-2 with padding 1 gives ceil(g/2) for odd grids too.
+        self.to_s32 = nn.Conv2d(in_dim, c32, kernel_size=3, stride=2, padding=1)
+        self.refine_s4 = DepthwiseSeparableRefine(c4) if refine_highres else nn.Identity()
+        self.refine_s8 = DepthwiseSeparableRefine(c8) if refine_highres else nn.Identity()
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``maps``: four ``(B, C, gh, gw)`` stride-16 maps, one per level (s4, s8, s16, s32)."""
+        m4, m8, m16, m32 = maps
+        return [
+            self.refine_s4(self.to_s4(m4)),
+            self.refine_s8(self.to_s8(m8)),
+            self.to_s16(m16),
+            self.to_s32(m32),
+        ]
