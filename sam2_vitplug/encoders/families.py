@@ -33,7 +33,8 @@ class EncoderFamily:
         model_types: accepted ``config.model_type`` values; empty means any.
         cls_tokens: CLS tokens in front of the sequence (0 for I-JEPA). Register tokens are
             read from ``config.num_register_tokens`` and come after the CLS token.
-        blocks_path: attribute path of the transformer blocks (an ``nn.ModuleList``).
+        blocks_path: attribute path of the transformer blocks (an ``nn.ModuleList``); several
+            candidates may be given separated by ``|`` (the first one the model has wins).
         norm_path: attribute path of the final norm, applied to intermediate taps too.
         forward_kwargs: extra keyword arguments for ``model(pixel_values, ...)``.
         meta_pos_interp_model_types: model types whose checkpoints were trained with Meta's
@@ -61,8 +62,21 @@ class EncoderFamily:
     def num_prefix_tokens(self, config: Any) -> int:
         return self.cls_tokens + int(getattr(config, "num_register_tokens", 0) or 0)
 
+    def resolve_blocks_path(self, model: nn.Module) -> str:
+        """The candidate of ``blocks_path`` that ``model`` has."""
+        for path in self.blocks_path.split("|"):
+            try:
+                _get_attr_path(model, path)
+            except AttributeError:
+                continue
+            return path
+        raise AttributeError(
+            f"{type(model).__name__} has none of the block lists {self.blocks_path!r} that encoder type "
+            f"'{self.name}' expects; is this the right encoder_type?"
+        )
+
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return _get_attr_path(model, self.blocks_path)
+        return _get_attr_path(model, self.resolve_blocks_path(model))
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return _get_attr_path(model, self.norm_path)
@@ -100,6 +114,7 @@ GENERIC_VIT = EncoderFamily(
     name="vit",
     description="any transformers ViT with one CLS token (ViTModel and alike)",
     model_types=(),
+    blocks_path="layers|encoder.layer",
     forward_kwargs=(("interpolate_pos_encoding", True),),
 )
 

@@ -176,7 +176,7 @@ class ViTTrunkMultiScale(nn.Module):
         self.resize_antialias = bool(resize_antialias)
         self._forward_kwargs = dict(self.family.forward_kwargs)
         self._reported_sizes: set[tuple[int, int]] = set()
-        self._block_pattern = re.compile(rf"(?:^|\.)vit\.{re.escape(self.family.blocks_path)}\.(\d+)\.")
+        self._block_pattern = re.compile(rf"(?:^|\.)vit\.{re.escape(self.family.resolve_blocks_path(self.vit))}\.(\d+)\.")
         if self.force_dtype is not None:
             self.vit.to(self.force_dtype)
         if self.freeze_vit:
