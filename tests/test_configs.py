@@ -129,3 +129,24 @@ def test_families_fixture_configs_exist():
     for _, config in FAMILIES.values():
         assert config in OUR_CONFIGS
         assert find_preset(compose(config_name=config).model.image_encoder.trunk.pretrained) is not None
+
+
+def test_out_dims_auto_flows_to_the_neck(tiny_models):
+    over = tiny_overrides(tiny_models["dinov3"]) + ["++model.image_encoder.trunk.out_dims=auto"]
+    model = build_sam2("sam2_vit_dinov3_s.yaml", ckpt_path=None, device="cpu", hydra_overrides_extra=over)
+    enc = model.image_encoder
+    assert enc.trunk.channel_list == [32, 32, 16, 8] == enc.neck.backbone_channel_list
+    assert [c.conv.in_channels for c in enc.neck.convs] == [32, 32, 16, 8]
+    with torch.no_grad():
+        out = model.forward_image(torch.randn(1, 3, 128, 128))
+    assert [tuple(f.shape[1:]) for f in out["backbone_fpn"]] == [(32, 32, 32), (64, 16, 16), (256, 8, 8)]
+
+
+def test_neck_rejects_unknown_channel_string():
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+
+    from sam2_vitplug.modeling import ViTFpnNeck
+
+    with pytest.raises(ValueError, match="'auto'"):
+        ViTFpnNeck(PositionEmbeddingSine(num_pos_feats=64), d_model=64, backbone_channel_list="automatic",
+                   fpn_top_down_levels=[2, 3])

@@ -197,3 +197,14 @@ def test_trunk_errors(tiny_models, tmp_path):
         make_trunk(tiny_models, encoder_type="hiera")
     with pytest.raises(ValueError, match="upsample_mode"):
         make_trunk(tiny_models, upsample_mode="nearest")
+
+
+def test_verbose_prints_shapes_once_per_size(tiny_models, capsys):
+    trunk = make_trunk(tiny_models, "dinov3", verbose=True)
+    for _ in range(2):
+        trunk(torch.randn(1, 3, 128, 96))
+    err = capsys.readouterr().err
+    assert err.count("[ViTTrunkMultiScale]") == 1
+    assert "input 128x96 -> ViT 128x96 (8x6 tokens" in err and "s4: (8, 32, 24)" in err
+    trunk(torch.randn(1, 3, 64, 64))
+    assert capsys.readouterr().err.count("[ViTTrunkMultiScale]") == 1
