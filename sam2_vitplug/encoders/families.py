@@ -41,6 +41,9 @@ class EncoderFamily:
             DINOv2 position-embedding interpolation (see ``encoders/pos_embed.py``).
         meta_checkpoint: whether a Meta-format ``.pth`` can be converted (and was verified).
         upstream: True for ``hiera``: the upstream SAM2 trunk, left untouched.
+        unused_params: parameter-name prefixes the trunk's forward never uses (mask tokens
+            for masked pre-training, poolers). The trunk sets ``requires_grad=False`` on them so
+            DDP sees no unused trainable parameter.
         presets: named weights of this family.
     """
 
@@ -54,6 +57,7 @@ class EncoderFamily:
     meta_pos_interp_model_types: tuple[str, ...] = ()
     meta_checkpoint: bool = False
     upstream: bool = False
+    unused_params: tuple[str, ...] = ("embeddings.mask_token",)
     presets: tuple[EncoderPreset, ...] = field(default_factory=tuple)
 
     def accepts(self, model_type: str) -> bool:
@@ -116,6 +120,7 @@ GENERIC_VIT = EncoderFamily(
     model_types=(),
     blocks_path="layers|encoder.layer",
     forward_kwargs=(("interpolate_pos_encoding", True),),
+    unused_params=("embeddings.mask_token", "pooler."),
 )
 
 HIERA = EncoderFamily(

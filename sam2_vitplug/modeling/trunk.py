@@ -177,6 +177,9 @@ class ViTTrunkMultiScale(nn.Module):
         self._forward_kwargs = dict(self.family.forward_kwargs)
         self._reported_sizes: set[tuple[int, int]] = set()
         self._block_pattern = re.compile(rf"(?:^|\.)vit\.{re.escape(self.family.resolve_blocks_path(self.vit))}\.(\d+)\.")
+        for name, param in self.vit.named_parameters():
+            if name.startswith(self.family.unused_params):
+                param.requires_grad_(False)
         if self.force_dtype is not None:
             self.vit.to(self.force_dtype)
         if self.freeze_vit:
