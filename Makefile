@@ -7,6 +7,9 @@ PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SAM2_PIN := sam2==1.1.0
 STAMP := $(VENV)/.sam2-vitplug-installed
+comma := ,
+# pip, quiet, minus this machine's "Location ... is ignored" notes about its local indexes
+PIP_INSTALL = set -o pipefail; $(PIP) install -q $(1) 2>&1 | { grep -v "is ignored: it is neither" || true; }
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -15,11 +18,12 @@ export TOKENIZERS_PARALLELISM := false
 # Re-run the install only when the manifest changed (fast no-op otherwise).
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel "setuptools>=68"
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q $(TORCH_PINS)
-	$(PY) -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation $(SAM2_PIN)
-	$(PIP) install -q --no-deps "dinov2==0.0.1.dev2"
-	$(PIP) install -q -e ".[dev,train]"
+	$(call PIP_INSTALL,--upgrade pip wheel "setuptools>=68")
+	$(PY) -c "import torch, torchvision" 2>/dev/null || { $(call PIP_INSTALL,$(TORCH_PINS)); }
+	$(PY) -c "import sam2" 2>/dev/null || { export SAM2_BUILD_CUDA=0; $(call PIP_INSTALL,--no-build-isolation $(SAM2_PIN)); }
+	$(call PIP_INSTALL,-e ".[dev$(comma)train]")
+	@# Meta's reference DINOv2 code, for the .pth conversion tests; it pins torch 2.0, hence --no-deps, last
+	$(call PIP_INSTALL,--no-deps "dinov2==0.0.1.dev2")
 	@touch $(STAMP)
 
 setup: $(STAMP)
