@@ -106,14 +106,19 @@ def load_sam2_weights(
     return report
 
 
-def _postprocess_and_load(model: nn.Module, sam2_ckpt: str | os.PathLike | None, device: str | torch.device):
-    report = None
-    if sam2_ckpt is not None:
-        model.to("cpu")
-        report = load_sam2_weights(model, sam2_ckpt)
-        model.to(device)
-    model.sam2_vitplug_load_report = report
-    return model
+def _build_then_load(
+    upstream_builder: Any,
+    config_file: str,
+    sam2_ckpt: str | os.PathLike | None,
+    device: str | torch.device,
+    hydra_overrides_extra: Iterable[str],
+    **kwargs: Any,
+) -> nn.Module:
+    # build on CPU (upstream would move to its default "cuda"), load, then move once
+    model = upstream_builder(config_file, ckpt_path=None, device="cpu",
+                             hydra_overrides_extra=list(hydra_overrides_extra), **kwargs)
+    model.sam2_vitplug_load_report = load_sam2_weights(model, sam2_ckpt) if sam2_ckpt is not None else None
+    return model.to(device)
 
 
 def build_sam2_vit(
@@ -132,15 +137,8 @@ def build_sam2_vit(
     """
     from sam2.build_sam import build_sam2
 
-    model = build_sam2(
-        config_file,
-        ckpt_path=None,
-        device="cpu",
-        mode=mode,
-        hydra_overrides_extra=list(hydra_overrides_extra),
-        apply_postprocessing=apply_postprocessing,
-    )
-    return _postprocess_and_load(model, sam2_ckpt, device)
+    return _build_then_load(build_sam2, config_file, sam2_ckpt, device, hydra_overrides_extra,
+                            mode=mode, apply_postprocessing=apply_postprocessing)
 
 
 def build_sam2_vit_video_predictor(
@@ -156,16 +154,8 @@ def build_sam2_vit_video_predictor(
     """Video-predictor twin of :func:`build_sam2_vit` (upstream ``build_sam2_video_predictor``)."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    model = build_sam2_video_predictor(
-        config_file,
-        ckpt_path=None,
-        device="cpu",
-        mode=mode,
-        hydra_overrides_extra=list(hydra_overrides_extra),
-        apply_postprocessing=apply_postprocessing,
-        **kwargs,
-    )
-    return _postprocess_and_load(model, sam2_ckpt, device)
+    return _build_then_load(build_sam2_video_predictor, config_file, sam2_ckpt, device, hydra_overrides_extra,
+                            mode=mode, apply_postprocessing=apply_postprocessing, **kwargs)
 
 
 def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
