@@ -12,6 +12,11 @@ from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
+# Subcommands that live next to their code: each module defines
+# ``register(subparsers: argparse._SubParsersAction) -> None`` which adds its parser(s) and
+# sets ``func`` (a callable taking the parsed args and returning an exit code).
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
+
 
 def default_device() -> str:
     """``cuda`` if available, else ``mps``, else ``cpu`` (DESIGN.md section 6)."""
@@ -206,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repeats", type=int, default=1, help="timing repeats (best is reported)")
     check.add_argument("--json", action="store_true", help="print JSON instead of tables")
     check.set_defaults(func=cmd_check)
+
+    from importlib import import_module
+
+    for module in SUBCOMMAND_MODULES:
+        import_module(module).register(sub)
     return parser
 
 
