@@ -103,3 +103,34 @@ def test_upstream_predictor_at_1024_needs_no_helper(tiny_models):
     predictor.set_image(_image())
     masks, _, _ = predictor.predict(point_coords=np.array([[60, 40]]), point_labels=np.array([1]))
     assert masks.shape[-2:] == (96, 120)
+
+
+def test_image_size_multiple_of_16_not_32(tiny_models):
+    # 144 px -> a 9x9 stride-16 grid: odd, so the stride-32 level is 5x5 and upstream FpnNeck's
+    # scale_factor=2 top-down would give 10x10; ViTFpnNeck resizes to the lateral size instead
+    model = build_sam2("sam2_vit_dino_s.yaml", ckpt_path=None, device="cpu",
+                       hydra_overrides_extra=tiny_overrides(tiny_models["dinov2"], 144))
+    predictor = make_image_predictor(model)
+    predictor.set_image(_image())
+    masks, scores, logits = predictor.predict(point_coords=np.array([[60, 40]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 96, 120) and logits.shape == (3, 36, 36)
+
+
+def test_upstream_layer_decay_uses_trunk_layer_ids(tiny_models):
+    from training.optimizer import layer_decay_param_modifier
+
+    model = build_sam2("sam2_vit_dino_s.yaml", ckpt_path=None, device="cpu",
+                       hydra_overrides_extra=tiny_overrides(tiny_models["dinov2"]))
+    names = {n for n, _ in model.named_parameters()}
+    groups = layer_decay_param_modifier(
+        [[{"option": "lr", "scheduler": lambda *a, **k: 1.0, "parameter_names": names}]], model, layer_decay_value=0.5,
+        apply_to="image_encoder.trunk")
+    by_scale = {}
+    for group in groups[0]:
+        by_scale.setdefault(group["scheduler"].mult_val, set()).update(group["parameter_names"])
+    n = model.image_encoder.trunk.get_num_layers()  # 4 blocks -> scales 0.5**(5 - id)
+    first_block = {p for p in names if ".vit.encoder.layer.0." in p}
+    embeddings = {p for p in names if ".vit.embeddings." in p}
+    assert first_block <= by_scale[0.5 ** (n + 1 - 1)]
+    assert embeddings <= by_scale[0.5 ** (n + 1)]
+    assert {p for p in names if p.startswith("sam_mask_decoder.")} <= by_scale[1.0]
