@@ -212,3 +212,17 @@ def test_verbose_prints_shapes_once_per_size(tiny_models, capsys):
     assert "input 128x96 -> ViT 128x96 (8x6 tokens" in err and "s4: (8, 32, 24)" in err
     trunk(torch.randn(1, 3, 64, 64))
     assert capsys.readouterr().err.count("[ViTTrunkMultiScale]") == 1
+
+
+def test_layernorm2d_equals_upstream():
+    from sam2.modeling.sam2_utils import LayerNorm2d as UpstreamLayerNorm2d
+
+    from sam2_vitplug.modeling.pyramid import LayerNorm2d
+
+    ours, theirs = LayerNorm2d(24), UpstreamLayerNorm2d(24)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 24, 9, 7) * 3 + 1
+    # same math, different reduction order: fp32 rounding only
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)

