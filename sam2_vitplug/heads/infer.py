@@ -1,0 +1,212 @@
+"""Inference at any image size: resize (keep aspect) + pad to the stride multiple, or a
+sliding window; coloured overlays with a legend; images, folders and videos (OpenCV)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from .data import IMAGE_SUFFIXES, Normalize
+from .model import SegModel
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+PAD_MULTIPLE = 16  # the trunk needs H, W multiples of 16 (DESIGN.md section 2)
+INFERENCE_MODES = ("resize", "slide")
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Distinct, deterministic colours ``(K, 3)`` uint8 (golden-ratio hues)."""
+    import colorsys
+
+    cols = [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95) for i in range(num_classes)]
+    return (np.array(cols) * 255).astype(np.uint8)
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))
+
+
+@torch.no_grad()
+def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", overlap: float = 1 / 3,
+                   autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Per-class scores ``(K, H, W)`` for one ``(H, W, 3)`` uint8 image, at its own size.
+
+    ``resize``: scale so the longer side is ``image_size`` (aspect kept), pad bottom/right
+    to a multiple of 16, predict, crop the padding, upsample to the input size.
+    ``slide``: scale so the shorter side is ``image_size``, cover the image with
+    ``image_size`` windows overlapping by ``overlap``, average the window scores.
+    """
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    model.eval()
+    cfg = model.config
+    device = next(model.head.parameters()).device
+    height, width = rgb.shape[:2]
+    size = cfg.image_size
+    scale = size / (max(height, width) if mode == "resize" else min(height, width))
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    image = Normalize(cfg.mean, cfg.std)(rgb)[None].to(device)
+    image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            out = model(x)
+        return model.scores(out, x.shape[-2:])
+
+    if mode == "resize":
+        ph, pw = math.ceil(h / PAD_MULTIPLE) * PAD_MULTIPLE, math.ceil(w / PAD_MULTIPLE) * PAD_MULTIPLE
+        scores = run(_pad_to(image, ph, pw))[..., :h, :w]
+    else:
+        ph, pw = max(h, size), max(w, size)
+        image = _pad_to(image, ph, pw)
+        step = max(PAD_MULTIPLE, int(size * (1 - overlap)) // PAD_MULTIPLE * PAD_MULTIPLE)
+        tops = list(range(0, ph - size + 1, step)) or [0]
+        lefts = list(range(0, pw - size + 1, step)) or [0]
+        if tops[-1] != ph - size:
+            tops.append(ph - size)
+        if lefts[-1] != pw - size:
+            lefts.append(pw - size)
+        total = torch.zeros(1, cfg.num_classes, ph, pw, device=device)
+        count = torch.zeros(1, 1, ph, pw, device=device)
+        for top in tops:
+            for left in lefts:
+                total[..., top:top + size, left:left + size] += run(image[..., top:top + size, left:left + size])
+                count[..., top:top + size, left:left + size] += 1
+        scores = (total / count)[..., :h, :w]
+    return F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], *, alpha: float = 0.5,
+            fps: float | None = None) -> np.ndarray:
+    """Blend class colours over the image and append a legend of the classes present
+    (all classes when there are at most 20) on the right; optional FPS caption."""
+    colors = palette(len(names))
+    blended = (rgb.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
+    present = range(len(names)) if len(names) <= 20 else sorted(set(np.unique(labels).tolist()))
+    row = 16
+    legend_w = 12 + 8 * max(len(str(names[i])) for i in present) + 24
+    canvas = Image.new("RGB", (rgb.shape[1] + legend_w, max(rgb.shape[0], row * (len(present) + 2))), (255, 255, 255))
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = rgb.shape[1] + 6
+    for k, cls in enumerate(present):
+        y = 6 + k * row
+        draw.rectangle([x0, y, x0 + 12, y + 12], fill=tuple(int(c) for c in colors[cls]), outline=(0, 0, 0))
+        draw.text((x0 + 18, y), str(names[cls]), fill=(0, 0, 0))
+    if fps is not None:
+        draw.text((x0, canvas.height - row), f"{fps:.1f} FPS", fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def collect_inputs(spec: str | os.PathLike) -> tuple[str, list[Path]]:
+    """``("images", files)`` for an image or a folder of images, ``("video", [file])``."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return "images", files
+    if not path.is_file():
+        raise FileNotFoundError(f"--input '{path}' does not exist; pass an image, a folder of images or a video")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "video", [path]
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "images", [path]
+    raise ValueError(f"--input '{path}' is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
+                     f"({', '.join(VIDEO_SUFFIXES)})")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mode: str = "resize",
+                   autocast: torch.dtype | None = None, progress: bool = False) -> dict:
+    """Write ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image; return
+    timings (model time only, file IO excluded)."""
+    from tqdm import tqdm
+
+    from .data import load_rgb
+
+    device = next(model.head.parameters()).device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = []
+    for path in tqdm(files, desc="predicting", disable=not progress):
+        rgb = load_rgb(path)
+        _sync(device)
+        t0 = time.perf_counter()
+        labels = predict_scores(model, rgb, mode=mode, autocast=autocast).argmax(0).to(torch.uint8).cpu().numpy()
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+        _save_png(labels, out_dir / f"{path.stem}_mask.png")
+        _save_png(overlay(rgb, labels, model.config.names, fps=1 / seconds[-1]), out_dir / f"{path.stem}_overlay.png")
+    return {"images": len(files), "seconds": sum(seconds), "fps": len(seconds) / max(sum(seconds), 1e-9)}
+
+
+def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "resize",
+                  autocast: torch.dtype | None = None, progress: bool = False, max_frames: int | None = None) -> dict:
+    """Write ``<stem>_overlay.mp4`` with per-frame overlays and the running FPS."""
+    import cv2
+    from tqdm import tqdm
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"OpenCV cannot open video '{path}'; check the file and codec")
+    fps_in = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    device = next(model.head.parameters()).device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{path.stem}_overlay.mp4"
+    tmp = out_dir / f".{path.stem}_overlay.tmp.mp4"
+    writer = None
+    seconds, frames = 0.0, 0
+    try:
+        for _ in tqdm(range(total or 10**9), total=total, desc="video frames", disable=not progress):
+            ok, bgr = capture.read()
+            if not ok or (max_frames is not None and frames >= max_frames):
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            _sync(device)
+            t0 = time.perf_counter()
+            labels = predict_scores(model, rgb, mode=mode, autocast=autocast).argmax(0).to(torch.uint8).cpu().numpy()
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            frames += 1
+            shown = overlay(rgb, labels, model.config.names, fps=frames / seconds)
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                                         (shown.shape[1], shown.shape[0]))
+            writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"video '{path}' has no readable frames")
+    os.replace(tmp, final)
+    return {"frames": frames, "seconds": seconds, "fps": frames / max(seconds, 1e-9), "output": str(final)}
