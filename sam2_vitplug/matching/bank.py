@@ -1,0 +1,179 @@
+"""The memory bank: one unit vector per reference instance and one prototype per class.
+
+Built by cropping each reference square around its box (with context), encoding the crops in
+batches, mask-averaging the patch features and L2-normalising. A class prototype is the
+normalised mean of its instance vectors. The bank stores vectors (classes x shots x dim
+floats), never token maps, and is saved as ``safetensors`` with metadata that ``load_bank``
+checks against the run's encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .encoder import MatcherEncoder
+from .features import masked_pool, masks_to_grid
+from .io import atomic_write_bytes, load_rgb
+from .references import BoxPrompter, Reference, reference_mask
+
+logger = logging.getLogger(__name__)
+
+BANK_FORMAT = "sam2_vitplug.fewshot_bank/1"
+
+
+@dataclass
+class MemoryBank:
+    """Prototypes ``(K, C)``, instance vectors ``(N, C)`` and their class index ``(N,)``."""
+
+    prototypes: torch.Tensor
+    instances: torch.Tensor
+    instance_labels: torch.Tensor
+    class_ids: list[int]
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> str:
+        return str(self.meta.get("encoder"))
+
+    def check_encoder(self, matcher: MatcherEncoder) -> None:
+        """Raise ``ValueError`` if the bank was built with another encoder or input size."""
+        if self.meta.get("encoder") != matcher.identity or int(self.meta.get("input_size", -1)) != matcher.input_size:
+            raise ValueError(
+                f"the memory bank was built with encoder '{self.meta.get('encoder')}' at "
+                f"{self.meta.get('input_size')} px, but this run uses '{matcher.identity}' at {matcher.input_size} px; "
+                "rebuild the bank with `sam2-vitplug fewshot memory --encoder ...` or pass the bank's encoder"
+            )
+
+    def shuffled(self, seed: int = 0) -> "MemoryBank":
+        """A copy with prototypes permuted across classes (a control that must destroy accuracy)."""
+        gen = torch.Generator().manual_seed(seed)
+        k = len(self.class_ids)
+        perm = torch.randperm(k, generator=gen)
+        while k > 1 and bool((perm == torch.arange(k)).any()):  # a derangement: no class keeps its own
+            perm = torch.randperm(k, generator=gen)
+        return MemoryBank(self.prototypes[perm].clone(), self.instances.clone(), self.instance_labels.clone(),
+                          list(self.class_ids), list(self.class_names), dict(self.meta))
+
+
+def crop_box_square(box_xywh: Sequence[float], context: float) -> tuple[float, float, float, float]:
+    """The square ``x0, y0, x1, y1`` centred on the box, side ``max(w, h) * (1 + 2 * context)``."""
+    x, y, w, h = map(float, box_xywh)
+    side = max(w, h, 1.0) * (1.0 + 2.0 * context)
+    cx, cy = x + w / 2, y + h / 2
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+
+
+def crop_reference(image: np.ndarray, mask: np.ndarray, box_xywh: Sequence[float], context: float,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``(H, W, 3)`` uint8 and ``(H, W)`` bool to ``(3, size, size)`` in [0, 1] and ``(size, size)``.
+
+    Out-of-image parts of the square are zero (black, no mask)."""
+    from torchvision.ops import roi_align
+
+    stacked = torch.from_numpy(np.concatenate([image.astype(np.float32) / 255.0, mask[..., None].astype(np.float32)],
+                                              axis=-1)).permute(2, 0, 1)[None]
+    box = torch.tensor([[0.0, *crop_box_square(box_xywh, context)]])
+    out = roi_align(stacked, box, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)[0]
+    return out[:3], out[3]
+
+
+def build_bank(
+    matcher: MatcherEncoder,
+    refs: Sequence[Reference],
+    image_root: str | os.PathLike,
+    class_names: dict[int, str],
+    *,
+    context: float = 0.2,
+    batch_size: int = 16,
+    box_prompter: BoxPrompter | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> MemoryBank:
+    """Encode ``refs`` (images under ``image_root``) into a :class:`MemoryBank`.
+
+    Every reference image is read and every mask decoded before encoding starts, so missing
+    files and empty masks fail before any work is done.
+    """
+    from tqdm import tqdm
+
+    if not refs:
+        raise ValueError("no references to build a memory bank from")
+    root = Path(image_root)
+    size = matcher.input_size
+    crops, masks = [], []
+    cache: dict[str, np.ndarray] = {}
+    for ref in refs:
+        if ref.file_name not in cache:
+            cache = {ref.file_name: load_rgb(root / ref.file_name)}  # refs are grouped by class, not image
+        image = cache[ref.file_name]
+        mask = reference_mask(ref, image, box_prompter)
+        if not mask.any():
+            raise ValueError(f"reference annotation {ref.ann_id} (image {ref.file_name}) has an empty mask; "
+                             "fix or drop it from the references json")
+        crop, crop_mask = crop_reference(image, mask, ref.bbox, context, size)
+        crops.append(crop)
+        masks.append(crop_mask)
+    vectors = []
+    device = getattr(matcher, "device", torch.device("cpu"))
+    for start in tqdm(range(0, len(crops), batch_size), desc="memory bank", disable=not progress):
+        pixels = torch.stack(crops[start:start + batch_size]).to(device)
+        grid = matcher.encode(pixels)
+        weights = masks_to_grid(torch.stack(masks[start:start + batch_size]).to(grid.device), tuple(grid.shape[-2:]))
+        vectors.append(masked_pool(grid, weights).float().cpu())
+    instances = torch.cat(vectors)
+    class_ids = sorted({ref.category_id for ref in refs})
+    index = {c: i for i, c in enumerate(class_ids)}
+    labels = torch.tensor([index[ref.category_id] for ref in refs], dtype=torch.long)
+    prototypes = torch.stack([F.normalize(instances[labels == i].mean(0), dim=0) for i in range(len(class_ids))])
+    info = {"format": BANK_FORMAT, "encoder": matcher.identity, "input_size": size, "context": context,
+            "dim": int(instances.shape[1]), "num_instances": len(refs),
+            "ann_ids": [r.ann_id for r in refs], **(meta or {})}
+    from ..version import __version__
+
+    info.setdefault("package_version", __version__)
+    return MemoryBank(prototypes, instances, labels, class_ids, [class_names.get(c, str(c)) for c in class_ids], info)
+
+
+def save_bank(bank: MemoryBank, path: str | os.PathLike) -> None:
+    """Write ``bank`` as safetensors (atomic); metadata values are JSON strings."""
+    from safetensors.torch import save
+
+    meta = {"meta": json.dumps(bank.meta, sort_keys=True), "class_ids": json.dumps(bank.class_ids),
+            "class_names": json.dumps(bank.class_names)}
+    tensors = {"prototypes": bank.prototypes.contiguous().float(), "instances": bank.instances.contiguous().float(),
+               "instance_labels": bank.instance_labels.contiguous()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_bank(path: str | os.PathLike, matcher: MatcherEncoder | None = None) -> MemoryBank:
+    """Read a bank written by :func:`save_bank`; with ``matcher``, check it was built with it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"memory bank '{path}' does not exist; build it with `sam2-vitplug fewshot memory`")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(raw["meta"])
+        class_ids, class_names = json.loads(raw["class_ids"]), json.loads(raw["class_names"])
+    except Exception as err:  # safetensors raises several types for foreign files
+        raise ValueError(f"'{path}' is not a sam2-vitplug memory bank ({type(err).__name__}: {err})") from err
+    if meta.get("format") != BANK_FORMAT:
+        raise ValueError(f"'{path}' has bank format {meta.get('format')!r}; expected {BANK_FORMAT!r}")
+    bank = MemoryBank(tensors["prototypes"], tensors["instances"], tensors["instance_labels"],
+                      [int(c) for c in class_ids], list(class_names), meta)
+    if matcher is not None:
+        bank.check_encoder(matcher)
+    return bank

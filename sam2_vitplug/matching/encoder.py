@@ -1,0 +1,151 @@
+"""The matcher encoder: an image batch in, a patch-feature grid out.
+
+Scoring and the memory bank only need one thing from an encoder: ``encode(pixels)`` mapping
+``(B, 3, S, S)`` RGB in ``[0, 1]`` to a feature grid ``(B, C, h, w)``. ``load_matcher`` builds
+that from anything ``sam2_vitplug.encoders.load_encoder`` accepts (preset, hub id, local
+directory, Meta ``.pth``), stripping the family's prefix tokens (CLS + registers).
+
+Hook for encoders that are not transformers ViTs: an encoder family (an ``EncoderFamily``
+subclass published in the ``sam2_vitplug.encoders`` entry-point group) may define a method
+``build_matcher(name: str, preset) -> MatcherEncoder``. When ``name`` is one of that family's
+presets, ``load_matcher`` calls it instead of loading a transformers model (the tests use this
+for a deterministic colour-histogram encoder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# encoder input side by patch size: the pre-training grid (37x37 for patch 14, 32x32 for 16)
+DEFAULT_INPUT_SIZE = {14: 518, 16: 512}
+
+
+@runtime_checkable
+class MatcherEncoder(Protocol):
+    """What the bank and the scorer need from an encoder.
+
+    Attributes:
+        identity: a string naming the weights; stored in a bank and checked when it is used.
+        input_size: side in pixels of the square images ``encode`` expects.
+    """
+
+    identity: str
+    input_size: int
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, C, h, w)`` patch features."""
+        ...
+
+
+class HFMatcherEncoder(nn.Module):
+    """A transformers ViT from ``load_encoder`` as a :class:`MatcherEncoder`.
+
+    The patch grid is the last ``h*w`` tokens of ``last_hidden_state``; the prefix count
+    (``EncoderFamily.num_prefix_tokens``) is checked, never assumed.
+    """
+
+    def __init__(self, loaded, identity: str, input_size: int | None = None) -> None:
+        super().__init__()
+        self.vit = loaded.model.eval()
+        self.family = loaded.family
+        config = self.vit.config
+        patch = config.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+        self.num_prefix_tokens = self.family.num_prefix_tokens(config)
+        self.identity = identity
+        self.input_size = int(input_size or DEFAULT_INPUT_SIZE.get(self.patch_size, 37 * self.patch_size))
+        if self.input_size % self.patch_size:
+            raise ValueError(
+                f"matcher input size {self.input_size} is not a multiple of the patch size {self.patch_size}; "
+                f"use e.g. {self.input_size // self.patch_size * self.patch_size}"
+            )
+        preset = loaded.preset
+        mean = preset.mean if preset is not None else (0.485, 0.456, 0.406)
+        std = preset.std if preset is not None else (0.229, 0.224, 0.225)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._forward_kwargs = dict(self.family.forward_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def tokens_to_grid(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """``(B, prefix + gh*gw, C)`` -> ``(B, C, gh, gw)``; raises if the token count disagrees."""
+        batch, count, dim = tokens.shape
+        expected = self.num_prefix_tokens + gh * gw
+        if count != expected:
+            raise RuntimeError(
+                f"{self.family.name} ViT returned {count} tokens for a {gh}x{gw} grid; expected "
+                f"{self.num_prefix_tokens} prefix + {gh * gw} patch tokens"
+            )
+        return tokens[:, count - gh * gw:].transpose(1, 2).reshape(batch, dim, gh, gw)
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"image {height}x{width} is not a multiple of patch size {self.patch_size}")
+        x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
+        dtype = next(self.vit.parameters()).dtype
+        out = self.vit(pixel_values=x.to(dtype), **self._forward_kwargs)
+        grid = self.tokens_to_grid(out.last_hidden_state, height // self.patch_size, width // self.patch_size)
+        return grid.float()
+
+
+def load_matcher(
+    name: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    input_size: int | None = None,
+    encoder_type: str | None = None,
+    random_init: bool = False,
+) -> MatcherEncoder:
+    """A :class:`MatcherEncoder` for a preset, hub id, local directory or Meta ``.pth``.
+
+    ``identity`` is the preset name or the path/id as given (resolved to an absolute path for
+    local files), so a bank can be checked against the run's encoder. ``random_init`` builds
+    seeded random weights (identity suffix ``#random``) for benchmarks and tests.
+    """
+    from ..encoders import find_preset, get_family, load_encoder
+
+    text = os.fspath(name)
+    preset = find_preset(text)
+    if preset is not None:
+        family = get_family(preset.encoder_type)
+        builder = getattr(family, "build_matcher", None)
+        if callable(builder):
+            matcher = builder(text, preset)
+            if not isinstance(matcher, MatcherEncoder):
+                raise TypeError(f"{type(family).__name__}.build_matcher must return a MatcherEncoder, "
+                                f"got {type(matcher).__name__}")
+            if isinstance(matcher, nn.Module):
+                matcher.to(device)
+            return matcher
+    if random_init:  # seeded, so `memory --random-init` and a later `run` get the same weights
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            loaded = load_encoder(text, encoder_type, random_init=True)
+    else:
+        loaded = load_encoder(text, encoder_type)
+    identity = text if preset is not None or not os.path.exists(os.path.expanduser(text)) else \
+        os.path.abspath(os.path.expanduser(text))
+    if random_init:
+        identity += "#random"
+    return HFMatcherEncoder(loaded, identity, input_size).to(device)
+
+
+def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> ``(B, 3, size, size)`` (bilinear, antialiased when shrinking)."""
+    if tuple(pixels.shape[-2:]) == (size, size):
+        return pixels
+    shrink = pixels.shape[-2] > size or pixels.shape[-1] > size
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)

@@ -1,0 +1,240 @@
+"""Mask proposals for a target image, behind one small interface.
+
+A :class:`ProposalSource` maps an image to :class:`Proposals`: soft masks on a low-resolution
+grid covering the whole image (what scoring and merging use), boxes, predicted IoUs, and a
+way to render only the few kept masks at full resolution. Sources: ``sam2`` (point-grid
+prompts through SAM2's prompt encoder and mask decoder) and ``ground_truth`` (the COCO masks
+of the image, to test scoring alone). A faster decoding engine can replace ``sam2`` later
+without touching scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from .features import masks_to_grid
+from .references import decode_segmentation
+
+logger = logging.getLogger(__name__)
+
+GT_LOWRES = 128  # ground-truth masks are reduced to this grid, like SAM2's 256 px logits
+
+
+@dataclass
+class Proposals:
+    """Candidate masks of one image.
+
+    Attributes:
+        lowres: ``(N, h, w)`` mask probabilities in [0, 1] over the whole (square-resized) image.
+        boxes: ``(N, 4)`` xyxy boxes in image pixels.
+        iou: ``(N,)`` predicted mask quality (1 for ground truth).
+        image_size: ``(H, W)`` of the image.
+        render: ``indices (k,) -> (k, H, W)`` bool full-resolution masks.
+        features: optional ``(C, h', w')`` target features computed on the way (shared backbone).
+    """
+
+    lowres: torch.Tensor
+    boxes: torch.Tensor
+    iou: torch.Tensor
+    image_size: tuple[int, int]
+    render: Callable[[torch.Tensor], torch.Tensor]
+    features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.iou.shape[0])
+
+
+class ProposalSource(Protocol):
+    name: str
+
+    def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
+        """``(H, W, 3)`` uint8 image -> its proposals."""
+        ...
+
+
+def boxes_from_masks(masks: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """``(N, h, w)`` soft masks (threshold 0.5) -> ``(N, 4)`` xyxy boxes scaled to ``image_size``.
+
+    Empty masks give a zero box."""
+    n, h, w = masks.shape
+    on = masks > 0.5
+    rows, cols = on.any(2), on.any(1)
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    big = torch.tensor(10**9, device=masks.device)
+    y0 = torch.where(rows, ar_h, big).amin(1)
+    y1 = torch.where(rows, ar_h, -1).amax(1) + 1
+    x0 = torch.where(cols, ar_w, big).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1) + 1
+    sy, sx = image_size[0] / h, image_size[1] / w
+    boxes = torch.stack([x0 * sx, y0 * sy, x1 * sx, y1 * sy], 1).float()
+    return torch.where(on.flatten(1).any(1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+class GroundTruthProposals:
+    """The annotated masks of each image as proposals (predicted IoU 1), to test scoring alone."""
+
+    name = "ground_truth"
+
+    def __init__(self, coco: dict, lowres: int = GT_LOWRES) -> None:
+        self.lowres = lowres
+        self._anns: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            if not ann.get("iscrowd", 0) and ann.get("segmentation"):
+                self._anns.setdefault(int(ann["image_id"]), []).append(ann)
+
+    def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
+        height, width = image.shape[:2]
+        anns = sorted(self._anns.get(int(image_id), []), key=lambda a: int(a["id"]))
+        full = torch.from_numpy(np.stack([decode_segmentation(a["segmentation"], height, width) for a in anns])) \
+            if anns else torch.zeros(0, height, width, dtype=torch.bool)
+        low = masks_to_grid(full, (self.lowres, self.lowres)) if len(anns) else torch.zeros(0, self.lowres, self.lowres)
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        return Proposals(low, boxes, torch.ones(len(anns)), (height, width), lambda idx: full[idx.cpu()])
+
+
+def point_grid(points_per_side: int, height: int, width: int) -> np.ndarray:
+    """``(n*n, 2)`` xy cell centres of a regular grid over the image, in pixels."""
+    offsets = (np.arange(points_per_side) + 0.5) / points_per_side
+    xs, ys = np.meshgrid(offsets * width, offsets * height)
+    return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
+
+
+class SAM2Proposals:
+    """Point-grid proposals from a SAM2 model (upstream prompt encoder and mask decoder).
+
+    Each point is one prompt; prompts run in batches of ``points_batch``; of the multimask
+    outputs the one with the best predicted IoU is kept, and masks below ``iou_thr`` dropped.
+    Only the 256 px low-res logits are kept; full-resolution masks are rendered for the final
+    detections alone.
+
+    With ``shared_backbone=True`` the SAM2 trunk must be a ``ViTTrunkMultiScale``: its ViT's
+    last-layer patch tokens are captured during the image forward and returned as
+    ``Proposals.features`` (one ViT pass serves proposals and scoring).
+    """
+
+    name = "sam2"
+
+    def __init__(self, model: torch.nn.Module, *, points_per_side: int = 32, points_batch: int = 64,
+                 iou_thr: float = 0.4, multimask: bool = True, shared_backbone: bool = False) -> None:
+        from ..build import make_image_predictor
+
+        if points_per_side < 1 or points_batch < 1:
+            raise ValueError(f"points_per_side and points_batch must be >= 1, got {points_per_side}, {points_batch}")
+        self.model = model
+        self.predictor = make_image_predictor(model)
+        self.points_per_side = points_per_side
+        self.points_batch = points_batch
+        self.iou_thr = iou_thr
+        self.multimask = multimask
+        self.shared_backbone = shared_backbone
+        self.timings: dict[str, float] = {}
+        self._captured: dict[str, torch.Tensor] = {}
+        if shared_backbone:
+            trunk = model.image_encoder.trunk
+            if not hasattr(trunk, "vit") or not hasattr(trunk, "num_prefix_tokens"):
+                raise ValueError(f"shared_backbone needs a ViTTrunkMultiScale SAM2 trunk, got {type(trunk).__name__}")
+            if not getattr(trunk, "freeze_vit", False):
+                logger.warning("shared_backbone with a trunk whose ViT is not frozen: scores use its current weights")
+            trunk.vit.register_forward_pre_hook(self._capture_input, with_kwargs=True)
+            trunk.vit.register_forward_hook(self._capture_output)
+
+    # ---- shared backbone -------------------------------------------------------------------
+    def check_same_weights(self, matcher: Any) -> None:
+        """Raise ``ValueError`` unless the SAM2 trunk's ViT holds the matcher's weights (bank
+        prototypes were computed with the matcher; scoring with other tokens would be meaningless)."""
+        trunk_vit = self.model.image_encoder.trunk.vit
+        ours = getattr(matcher, "vit", None)
+        if ours is None:
+            raise ValueError(f"shared_backbone needs a transformers matcher encoder, got {type(matcher).__name__}")
+        a, b = trunk_vit.state_dict(), ours.state_dict()
+        differ = sorted(k for k in a.keys() | b.keys()
+                        if k not in a or k not in b or a[k].shape != b[k].shape
+                        or not torch.equal(a[k].cpu().float(), b[k].cpu().float()))
+        if differ:
+            raise ValueError(
+                f"shared_backbone: the SAM2 trunk's ViT and the matcher encoder '{matcher.identity}' differ in "
+                f"{len(differ)} tensors (e.g. {differ[:3]}); use the same weights or drop --shared-backbone"
+            )
+
+    def _capture_input(self, module, args, kwargs):
+        self._captured["pixel_values"] = kwargs.get("pixel_values", args[0] if args else None)
+
+    def _capture_output(self, module, args, output):
+        self._captured["tokens"] = output.last_hidden_state
+
+    def _shared_features(self) -> torch.Tensor:
+        trunk = self.model.image_encoder.trunk
+        tokens, pixels = self._captured["tokens"], self._captured["pixel_values"]
+        gh, gw = pixels.shape[-2] // trunk.patch_size, pixels.shape[-1] // trunk.patch_size
+        count = tokens.shape[1]
+        if count != trunk.num_prefix_tokens + gh * gw:
+            raise RuntimeError(f"captured {count} tokens for a {gh}x{gw} grid with {trunk.num_prefix_tokens} prefix")
+        return tokens[0, count - gh * gw:].T.reshape(-1, gh, gw).float()
+
+    # ---- proposals -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _decode(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 2)`` points in model input coordinates -> best ``(B, 256, 256)`` logits and ``(B,)`` IoU.
+
+        The prompt-encoder/mask-decoder calls of upstream ``SAM2ImagePredictor._predict``
+        without its full-resolution upsampling, which would materialise B x 3 x H x W floats."""
+        model, feats = self.model, self.predictor._features
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+        sparse, dense = model.sam_prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+        low, iou, _, _ = model.sam_mask_decoder(
+            image_embeddings=feats["image_embed"][-1:], image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=self.multimask,
+            repeat_image=True, high_res_features=[f[-1:] for f in feats["high_res_feats"]],
+        )
+        best = iou.argmax(1)
+        pick = torch.arange(len(best), device=best.device)
+        return low[pick, best].float(), iou[pick, best].float()
+
+    def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
+        import time
+
+        height, width = image.shape[:2]
+        t0 = time.perf_counter()
+        self.predictor.set_image(image)
+        t1 = time.perf_counter()
+        points = self.predictor._transforms.transform_coords(
+            torch.from_numpy(point_grid(self.points_per_side, height, width)).to(self.predictor.device),
+            normalize=True, orig_hw=(height, width))
+        logits, ious = [], []
+        for start in range(0, len(points), self.points_batch):
+            low, iou = self._decode(points[start:start + self.points_batch])
+            keep = iou >= self.iou_thr
+            logits.append(low[keep])
+            ious.append(iou[keep])
+        logits_t = torch.cat(logits).clamp(-32.0, 32.0)
+        iou_t = torch.cat(ious)
+        t2 = time.perf_counter()
+        self.timings = {"sam2_encoder": t1 - t0, "prompt_decoding": t2 - t1}
+        features = self._shared_features() if self.shared_backbone else None
+        lowres = torch.sigmoid(logits_t)
+        transforms = self.predictor._transforms
+
+        def render(idx: torch.Tensor) -> torch.Tensor:
+            sel = logits_t[idx.to(logits_t.device)]
+            if len(sel) == 0:
+                return torch.zeros(0, height, width, dtype=torch.bool)
+            return (transforms.postprocess_masks(sel[:, None], (height, width))[:, 0] > 0).cpu()
+
+        return Proposals(lowres, boxes_from_masks(lowres, (height, width)), iou_t, (height, width), render, features)
+
+
+def make_proposal_source(name: str, **kwargs: Any) -> ProposalSource:
+    """``sam2`` (needs ``model``) or ``ground_truth`` (needs ``coco``)."""
+    if name == "sam2":
+        return SAM2Proposals(**kwargs)
+    if name == "ground_truth":
+        return GroundTruthProposals(**kwargs)
+    raise ValueError(f"unknown proposal source {name!r}; choose 'sam2' or 'ground_truth'")
+

@@ -1,0 +1,175 @@
+"""References: a seeded N-shot sampler over a COCO instances file, and reference masks.
+
+Any COCO json works (custom datasets need nothing else). Unusable instances are skipped and
+counted by reason (crowd, tiny, border-touching, empty mask); several instances of one image
+may each serve as a reference. Annotations with a box but no segmentation are kept: their
+mask comes from SAM2 box prompts (``BoxPrompter``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# (H, W, 3) uint8 image, (K, 4) xyxy boxes -> (K, H, W) bool masks
+BoxPrompter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference instance."""
+
+    ann_id: int
+    image_id: int
+    file_name: str
+    category_id: int
+    bbox: tuple[float, float, float, float]  # x, y, w, h
+    segmentation: Any  # COCO polygon list / RLE dict, or None when box-only
+
+
+@dataclass
+class SampleReport:
+    """What the sampler used and skipped, by reason and class."""
+
+    used: dict[int, int] = field(default_factory=dict)
+    available: dict[int, int] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    box_only: int = 0
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        short = [c for c, n in self.used.items() if n < max(self.used.values(), default=0)]
+        return (f"{sum(self.used.values())} references over {len(self.used)} classes "
+                f"({self.box_only} box-only); skipped {skipped}" + (f"; fewer shots for classes {short}" if short else ""))
+
+
+def has_mask(ann: dict) -> bool:
+    seg = ann.get("segmentation")
+    return bool(seg) and (isinstance(seg, dict) or (isinstance(seg, list) and any(len(p) >= 6 for p in seg)))
+
+
+def _skip_reason(ann: dict, image: dict, min_size: float, border: float) -> str | None:
+    if ann.get("iscrowd", 0):
+        return "crowd"
+    bbox = ann.get("bbox")
+    if not bbox or len(bbox) != 4:
+        return "no box"
+    x, y, w, h = map(float, bbox)
+    if min(w, h) < min_size:
+        return "tiny"
+    width, height = float(image["width"]), float(image["height"])
+    if x <= border or y <= border or x + w >= width - border or y + h >= height - border:
+        return "border"
+    return None
+
+
+def sample_references(
+    coco: dict,
+    shots: int,
+    seed: int,
+    *,
+    category_ids: Sequence[int] | None = None,
+    min_size: float = 32.0,
+    border: float = 1.0,
+) -> tuple[list[Reference], SampleReport]:
+    """Pick up to ``shots`` usable instances per class with ``numpy.random.default_rng(seed)``.
+
+    Candidates are ordered by annotation id before shuffling, so the draw depends on the file's
+    content and the seed only. Raises ``ValueError`` naming every class with no usable instance.
+    """
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    cats = {int(c["id"]): c.get("name", str(c["id"])) for c in coco["categories"]}
+    wanted = sorted(cats) if category_ids is None else [int(c) for c in category_ids]
+    unknown = [c for c in wanted if c not in cats]
+    if unknown:
+        raise ValueError(f"category ids {unknown} are not in the COCO categories {sorted(cats)}")
+    images = {int(im["id"]): im for im in coco["images"]}
+    report = SampleReport()
+    candidates: dict[int, list[dict]] = {c: [] for c in wanted}
+    for ann in sorted(coco["annotations"], key=lambda a: int(a["id"])):
+        cat = int(ann["category_id"])
+        if cat not in candidates:
+            continue
+        image = images.get(int(ann["image_id"]))
+        if image is None:
+            report.skipped["image missing from json"] += 1
+            continue
+        reason = _skip_reason(ann, image, min_size, border)
+        if reason is None and ann.get("area", 1) == 0 and has_mask(ann):
+            reason = "empty mask"
+        if reason is not None:
+            report.skipped[reason] += 1
+            continue
+        candidates[cat].append(ann)
+    empty = [f"{cats[c]!r} (id {c})" for c in wanted if not candidates[c]]
+    if empty:
+        raise ValueError(
+            f"no usable reference instance for class(es) {', '.join(empty)}: every instance is crowd, tiny "
+            f"(< {min_size:g} px), touches the border or is missing. Skipped so far: {dict(report.skipped)}. "
+            "Add references for them or restrict the classes."
+        )
+    rng = np.random.default_rng(seed)
+    refs: list[Reference] = []
+    for cat in wanted:
+        pool = candidates[cat]
+        order = rng.permutation(len(pool))[:shots]
+        report.available[cat] = len(pool)
+        report.used[cat] = len(order)
+        for i in sorted(order.tolist()):
+            ann = pool[i]
+            box_only = not has_mask(ann)
+            report.box_only += box_only
+            refs.append(Reference(int(ann["id"]), int(ann["image_id"]), images[int(ann["image_id"])]["file_name"],
+                                  cat, tuple(float(v) for v in ann["bbox"]), None if box_only else ann["segmentation"]))
+    logger.info("reference sampler: %s", report.summary())
+    return refs, report
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO polygon list, RLE or uncompressed RLE as an ``(H, W)`` bool mask."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    elif isinstance(segmentation, dict):
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    else:
+        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def reference_mask(ref: Reference, image: np.ndarray, box_prompter: BoxPrompter | None) -> np.ndarray:
+    """The reference's ``(H, W)`` bool mask: decoded, or from a SAM2 box prompt if box-only."""
+    height, width = image.shape[:2]
+    if ref.segmentation is not None:
+        return decode_segmentation(ref.segmentation, height, width)
+    if box_prompter is None:
+        raise ValueError(
+            f"annotation {ref.ann_id} (image {ref.file_name}) has a box but no segmentation; pass a SAM2 model "
+            "(--sam2-config/--sam2-ckpt) so box prompts can turn it into a mask"
+        )
+    x, y, w, h = ref.bbox
+    return np.asarray(box_prompter(image, np.array([[x, y, x + w, y + h]], dtype=np.float32))[0], dtype=bool)
+
+
+def sam2_box_prompter(predictor) -> BoxPrompter:
+    """Box prompts through upstream ``SAM2ImagePredictor`` (single mask per box)."""
+
+    def prompt(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        predictor.set_image(image)
+        masks, _, _ = predictor.predict(box=boxes, multimask_output=False)
+        masks = np.asarray(masks)
+        return (masks.reshape(len(boxes), *masks.shape[-2:]) > 0)
+
+    return prompt

@@ -1,0 +1,31 @@
+"""tools/bench_fewshot.py runs end to end at tiny geometry: table on stdout, JSON at --out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import bench_fewshot  # noqa: E402
+
+
+@pytest.mark.slow
+def test_bench_fewshot_tiny(tiny_models, tmp_path, capsys):
+    tiny = tiny_models["dinov2"]
+    overrides = [o for o in tiny_overrides(tiny, 128) if "image_size" not in o]
+    args = ["--device", "cpu", "--sam2-config", "sam2_vit_dino_s.yaml", "--shared-config", "sam2_vit_dino_s.yaml",
+            "--encoders", str(tiny), "--image-size", "128", "--points-per-side", "2", "--images", "1",
+            "--warmup", "0", "--classes", "3", "--out", str(tmp_path / "bench.json")]
+    for o in overrides + ["++model.image_size=128"]:
+        args += ["--sam2-override", o]
+    assert bench_fewshot.main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["settings"]) == {f"sam2_vit_dino_s+{tiny}", "sam2_vit_dino_s:two_pass", "sam2_vit_dino_s:shared"}
+    assert report["settings"]["sam2_vit_dino_s:shared"]["matcher_encoder"] < 1e-3  # no second ViT pass
+    bank = report["bank"][str(tiny)]
+    assert bank["ratio"] > 1000 and bank["token_map_bytes"] == 1203 * 10 * 37 * 37 * 32 * 4
+    assert "shared backbone" in capsys.readouterr().out

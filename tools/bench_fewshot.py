@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""Benchmark few-shot segmentation at real geometry with random weights.
+
+Per target image, seconds by stage (SAM2 encoder, prompt decoding, matcher encoder, scoring,
+merging), peak memory, and the shared-backbone speed-up (a SAM2 whose trunk is the DINO ViT
+serving scoring too). Also the size of an LVIS-scale bank (1203 classes x 10 shots) against
+storing full token maps. Random weights: timings and sizes only, never accuracy.
+
+    python tools/bench_fewshot.py --out bench_fewshot.json            # SAM2 hiera-L 1024 + DINOv2-L/DINOv3-L
+    python tools/bench_fewshot.py --points-per-side 16 --images 1 --out quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+
+STAGES = ("sam2_encoder", "prompt_decoding", "matcher_encoder", "scoring", "merging", "output")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def random_bank(matcher, classes: int, shots: int, seed: int = 0):
+    from sam2_vitplug.matching import MemoryBank
+
+    gen = torch.Generator().manual_seed(seed)
+    dim = int(matcher.vit.config.hidden_size)
+    inst = torch.nn.functional.normalize(torch.randn(classes * shots, dim, generator=gen), dim=1)
+    labels = torch.arange(classes).repeat_interleave(shots)
+    protos = torch.nn.functional.normalize(inst.view(classes, shots, dim).mean(1), dim=1)
+    meta = {"format": "sam2_vitplug.fewshot_bank/1", "encoder": matcher.identity, "input_size": matcher.input_size}
+    return MemoryBank(protos, inst, labels, list(range(1, classes + 1)), [f"c{i}" for i in range(classes)], meta)
+
+
+def bank_sizes(dim: int, grid: int, classes: int = 1203, shots: int = 10, reference_grid: int = 37) -> dict:
+    """Bytes of a saved bank (measured by writing one) vs full token maps (computed): the
+    ``reference_grid`` x ``reference_grid`` maps of the issue (37x37, DINOv2 at 518 px, DINOv3 at
+    592 px) and the encoder's own ``grid`` at its default input size (32x32 for DINOv3 at 512)."""
+    from sam2_vitplug.matching import MemoryBank, save_bank
+
+    inst = torch.zeros(classes * shots, dim)
+    bank = MemoryBank(torch.zeros(classes, dim), inst, torch.zeros(classes * shots, dtype=torch.long),
+                      list(range(classes)), [f"class_{i}" for i in range(classes)],
+                      {"format": "sam2_vitplug.fewshot_bank/1", "encoder": "x", "input_size": grid * 14})
+    with tempfile.TemporaryDirectory() as tmp:
+        save_bank(bank, Path(tmp) / "bank.safetensors")
+        saved = (Path(tmp) / "bank.safetensors").stat().st_size
+    token_maps = classes * shots * reference_grid * reference_grid * dim * 4
+    native = classes * shots * grid * grid * dim * 4
+    return {"classes": classes, "shots": shots, "dim": dim, "bank_bytes": saved, "token_map_bytes": token_maps,
+            "ratio": token_maps / saved, "native_grid": grid, "native_token_map_bytes": native,
+            "native_ratio": native / saved}
+
+
+def time_images(predictor, images, device: str, warmup: int) -> dict:
+    for image in images[:warmup]:
+        predictor.predict(image, 0)
+    rows = []
+    for i, image in enumerate(images):
+        sync(device)
+        t0 = time.perf_counter()
+        results = predictor.predict(image, i)
+        sync(device)
+        total = time.perf_counter() - t0
+        rows.append({**{k: predictor.timings.get(k, 0.0) for k in STAGES}, "total": total, "detections": len(results)})
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean["merging_share"] = mean["merging"] / mean["total"]
+    return mean
+
+
+def merge_worst_case(n: int, size: int, device: str, repeats: int = 3) -> float:
+    """Seconds of soft merging with every one of ``n`` 256 px low-res masks kept (no NMS
+    reduction), including the area pooling to the ``size`` merge grid, as the pipeline does."""
+    from sam2_vitplug.matching import soft_merge
+    from sam2_vitplug.matching.features import masks_to_grid
+
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(n, 256, 256, generator=gen).to(device)
+    emb, scores = torch.randn(n, 1024, generator=gen).to(device), torch.rand(n, generator=gen).to(device)
+    labels = torch.randint(0, 10, (n,), generator=gen).to(device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        soft_merge(masks_to_grid(masks, (size, size)), scores, labels, emb)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sam2_vitplug.cli import default_device
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_l.yaml")
+    parser.add_argument("--shared-config", default="sam2_vit_dino.yaml",
+                        help="SAM2 config with a DINO trunk for the shared-backbone comparison ('' to skip)")
+    parser.add_argument("--encoders", default="dinov2_large,dinov3_large",
+                        help="matcher presets or local model directories (random weights of that architecture)")
+    parser.add_argument("--sam2-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra override for both SAM2 builds (e.g. a tiny trunk in tests)")
+    parser.add_argument("--image-size", type=int, default=1024, help="target image side")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--points-batch", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2, help="timed target images per setting")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--classes", type=int, default=80, help="classes in the random bank used for scoring")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", required=True, help="JSON output")
+    args = parser.parse_args(argv)
+    device = args.device or default_device()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from sam2_vitplug.build import build_sam2_vit
+    from sam2_vitplug.encoders import LoadedEncoder
+    from sam2_vitplug.matching import FewShotPredictor, SAM2Proposals, load_config, load_matcher
+    from sam2_vitplug.matching.encoder import HFMatcherEncoder
+
+    rng = np.random.default_rng(0)
+    images = [(rng.random((args.image_size, args.image_size, 3)) * 255).astype(np.uint8)
+              for _ in range(max(args.images, args.warmup))]
+    cfg = load_config({"proposals": {"points_per_side": args.points_per_side, "points_batch": args.points_batch}})
+    report = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "args": vars(args), "settings": {}, "bank": {}}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    print(f"building {args.sam2_config} (random weights) on {device} ...", file=sys.stderr)
+    sam2 = build_sam2_vit(args.sam2_config, None, device=device, hydra_overrides_extra=args.sam2_override)
+    source = SAM2Proposals(sam2, points_per_side=args.points_per_side, points_batch=args.points_batch,
+                           iou_thr=cfg.proposals.iou_thr)
+    for name in [e for e in args.encoders.split(",") if e]:
+        matcher = load_matcher(name, device=device, random_init=True)
+        predictor = FewShotPredictor(random_bank(matcher, args.classes, 10), source, matcher, cfg)
+        print(f"timing hiera + {name} ...", file=sys.stderr)
+        report["settings"][f"{Path(args.sam2_config).stem}+{name}"] = time_images(predictor, images[:args.images],
+                                                                                  device, args.warmup)
+        dim, grid = int(matcher.vit.config.hidden_size), matcher.input_size // matcher.patch_size
+        report["bank"][name] = bank_sizes(dim, grid)
+        del matcher, predictor
+    del sam2, source
+
+    if args.shared_config:
+        print(f"building {args.shared_config} (random, frozen ViT) ...", file=sys.stderr)
+        dino = build_sam2_vit(args.shared_config, None, device=device, hydra_overrides_extra=[
+            "++model.image_encoder.trunk.random_init=true", "++model.image_encoder.trunk.freeze_vit=true",
+            f"++model.image_size={args.image_size}", *args.sam2_override])
+        trunk = dino.image_encoder.trunk
+        loaded = LoadedEncoder(model=trunk.vit, family=trunk.family, source="random", location="shared trunk")
+        matcher = HFMatcherEncoder(loaded, "shared-trunk-vit").to(device)
+        bank = random_bank(matcher, args.classes, 10)
+        for mode, shared in (("two_pass", False), ("shared", True)):
+            src = SAM2Proposals(dino, points_per_side=args.points_per_side, points_batch=args.points_batch,
+                                iou_thr=cfg.proposals.iou_thr, shared_backbone=shared)
+            predictor = FewShotPredictor(bank, src, matcher, cfg)
+            print(f"timing {args.shared_config} {mode} ...", file=sys.stderr)
+            report["settings"][f"{Path(args.shared_config).stem}:{mode}"] = time_images(
+                predictor, images[:args.images], device, args.warmup)
+        two, one = (report["settings"][f"{Path(args.shared_config).stem}:{m}"] for m in ("two_pass", "shared"))
+        report["shared_backbone_speedup"] = {
+            "per_image": two["total"] / one["total"],
+            "encoders": (two["sam2_encoder"] + two["matcher_encoder"]) / (one["sam2_encoder"] + one["matcher_encoder"]),
+        }
+    worst = max(args.points_per_side, 32) ** 2  # at least the default 32x32 grid's 1024 masks
+    report["merging_worst_case_s"] = {"masks": worst, "grid": int(cfg.merging.grid),
+                                      "seconds": merge_worst_case(worst, int(cfg.merging.grid), device)}
+    report["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
+                                else peak_rss_mb())
+    report["peak_memory_kind"] = "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"
+
+    header = ["setting", *STAGES, "total", "merge %", "dets"]
+    rows = [[k, *(f"{v[s]:.3f}" for s in STAGES), f"{v['total']:.3f}", f"{100 * v['merging_share']:.2f}",
+             f"{v['detections']:.0f}"] for k, v in report["settings"].items()]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print(f"\nseconds per image on {device} ({report['torch_threads']} threads), "
+          f"{args.points_per_side}x{args.points_per_side} points, {args.image_size}px")
+    for name, b in report["bank"].items():
+        print(f"bank {name}: {b['classes']}x{b['shots']} x {b['dim']}: {b['bank_bytes'] / 2**20:.1f} MiB vs 37x37 token "
+              f"maps {b['token_map_bytes'] / 2**30:.1f} GiB -> {b['ratio']:.0f}x smaller; vs its own "
+              f"{b['native_grid']}x{b['native_grid']} maps {b['native_ratio']:.0f}x")
+    if "shared_backbone_speedup" in report:
+        s = report["shared_backbone_speedup"]
+        print(f"shared backbone: {s['per_image']:.2f}x per image, {s['encoders']:.2f}x on the encoders")
+    w = report["merging_worst_case_s"]
+    print(f"soft merging, all {w['masks']} masks kept: {w['seconds']:.3f} s; peak memory {report['peak_memory_mb']:.0f} MB "
+          f"({report['peak_memory_kind']})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
