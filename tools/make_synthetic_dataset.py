@@ -15,6 +15,7 @@ Layout under ``--out`` (each split is ``train`` or ``val``)::
     {split}/png/Annotations/{id:06d}/00000.png  # palette PNG, pixel = object id, 0 = background
     {split}/video/JPEGImages/vid{n:04d}/{t:05d}.jpg   # optional moving-shape videos (--videos)
     {split}/video/Annotations/vid{n:04d}/{t:05d}.png
+    {split}/sa1b/sa_{id}.jpg + sa_{id}.json     # optional SA-1B layout (--sa1b; upstream SA1BRawDataset)
 
 Same arguments and seed -> byte-identical files. The dataset is written to a temporary
 folder next to ``--out`` and renamed at the end: an interrupted run leaves nothing behind.
@@ -231,16 +232,50 @@ def make_dataset(out: str | os.PathLike, spec: DatasetSpec = DatasetSpec(), *, o
     return out
 
 
+def add_sa1b_layout(out: str | os.PathLike) -> Path:
+    """Add ``{split}/sa1b/sa_{id}.jpg`` + ``sa_{id}.json`` (SA-1B style: ``{"image": ...,
+    "annotations": [{"segmentation": RLE, "area", "bbox", ...}]}``) to a dataset written by
+    :func:`make_dataset`, from its COCO files. Each split's folder appears atomically."""
+    out = Path(out)
+    for split in ("train", "val"):
+        coco_path = out / split / "annotations.json"
+        if not coco_path.is_file():
+            raise FileNotFoundError(f"'{coco_path}' is missing; write the dataset with make_dataset first")
+        coco = json.loads(coco_path.read_text())
+        by_image: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        tmp = Path(tempfile.mkdtemp(prefix=".sa1b.tmp-", dir=out / split))
+        try:
+            for image in coco["images"]:
+                shutil.copyfile(out / split / "images" / image["file_name"], tmp / f"sa_{image['id']}.jpg")
+                record = {"image": {"image_id": image["id"], "width": image["width"], "height": image["height"],
+                                    "file_name": f"sa_{image['id']}.jpg"},
+                          "annotations": [{k: a[k] for k in ("id", "segmentation", "area", "bbox")}
+                                          for a in by_image.get(image["id"], [])]}
+                (tmp / f"sa_{image['id']}.json").write_text(json.dumps(record))
+            if (out / split / "sa1b").exists():
+                shutil.rmtree(out / split / "sa1b")
+            os.replace(tmp, out / split / "sa1b")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
     for name, default in asdict(DatasetSpec()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--sa1b", action="store_true", help="also write the SA-1B layout ({split}/sa1b/)")
     args = parser.parse_args(argv)
     spec = DatasetSpec(**{k: getattr(args, k) for k in asdict(DatasetSpec())})
     try:
         out = make_dataset(args.out, spec, overwrite=args.overwrite, progress=True)
+        if args.sa1b:
+            add_sa1b_layout(out)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
     info = json.loads((out / "dataset_info.json").read_text())
