@@ -43,6 +43,8 @@ setup(
         "tqdm",
         "numpy",
         "pillow",
+        "pycocotools",  # few-shot: RLE masks and COCOeval
+        "scipy",  # segmentation heads: Hungarian matching
     ],
     extras_require={
         # Meta's reference `dinov2` (tests compare our .pth conversion against it) pins torch 2.0;

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 # Subcommands that live next to their code: each module defines
 # ``register(subparsers: argparse._SubParsersAction) -> None`` which adds its parser(s) and
 # sets ``func`` (a callable taking the parsed args and returning an exit code).
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplug.heads.cli", "training_ext.export_cli")
 
 
 def default_device() -> str:
