@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoders.tokens import tokens_to_grid
+
 logger = logging.getLogger(__name__)
 
 # encoder input side by patch size: the pre-training grid (37x37 for patch 14, 32x32 for 16)
@@ -80,14 +82,7 @@ class HFMatcherEncoder(nn.Module):
 
     def tokens_to_grid(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
         """``(B, prefix + gh*gw, C)`` -> ``(B, C, gh, gw)``; raises if the token count disagrees."""
-        batch, count, dim = tokens.shape
-        expected = self.num_prefix_tokens + gh * gw
-        if count != expected:
-            raise RuntimeError(
-                f"{self.family.name} ViT returned {count} tokens for a {gh}x{gw} grid; expected "
-                f"{self.num_prefix_tokens} prefix + {gh * gw} patch tokens"
-            )
-        return tokens[:, count - gh * gw:].transpose(1, 2).reshape(batch, dim, gh, gw)
+        return tokens_to_grid(tokens, self.num_prefix_tokens, gh, gw, f"{self.family.name} ViT")
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

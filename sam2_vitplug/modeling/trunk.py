@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoders import load_encoder
+from ..encoders.tokens import tokens_to_grid
 from .pyramid import MultiScalePyramid, UpsampleMode
 
 STRIDES = (4, 8, 16, 32)
@@ -221,14 +222,7 @@ class ViTTrunkMultiScale(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
     def _tokens_to_map(self, tokens: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-        batch, count, dim = tokens.shape
-        expected = self.num_prefix_tokens + gh * gw
-        if count != expected:
-            raise RuntimeError(
-                f"{self.encoder_type} ViT returned {count} tokens for a {gh}x{gw} patch grid; expected "
-                f"{self.num_prefix_tokens} prefix + {gh * gw} patch tokens = {expected}. Is encoder_type right?"
-            )
-        return tokens[:, count - gh * gw :].transpose(1, 2).reshape(batch, dim, gh, gw)
+        return tokens_to_grid(tokens, self.num_prefix_tokens, gh, gw, f"{self.encoder_type} ViT")
 
     def forward_vit_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the ViT on an image ``(B, 3, H, W)`` (H, W multiples of 16) and return the four
