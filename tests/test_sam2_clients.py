@@ -24,10 +24,6 @@ def _image(h=96, w=120, seed=0) -> np.ndarray:
     return (img + rng.integers(0, 20, img.shape)).astype(np.uint8)
 
 
-def _build(name: str, image_size: int = IMAGE_SIZE):
-    encoder_type, config = FAMILIES[name]
-    return config, encoder_type
-
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_model(request, tiny_models):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sam2_vitplug.modeling.pyramid import UPSAMPLE_MODES
+
 TRUNK = "model.image_encoder.trunk"
 DTYPES = ("bf16", "fp16", "fp32")
-UPSAMPLE_MODES = ("bilinear", "deconv")
 HIERA = "hiera"
 
 

@@ -132,6 +132,13 @@ def _split(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
     return [pairs[i] for i in train], [pairs[i] for i in val]
 
 
+def _run(model: torch.nn.Module, inputs, device: torch.device):
+    """Forward a batch: cached ViT maps (a list, --cache-features) or images (a tensor)."""
+    if isinstance(inputs, list):
+        return model(maps=[m.to(device) for m in inputs])
+    return model(inputs.to(device))
+
+
 @torch.no_grad()
 def evaluate_loader(model: SegModel, loader: DataLoader, num_classes: int, device: torch.device,
                     autocast: torch.dtype | None = None, progress: bool = False) -> torch.Tensor:
@@ -144,10 +151,7 @@ def evaluate_loader(model: SegModel, loader: DataLoader, num_classes: int, devic
     for inputs, labels, _ in tqdm(loader, desc="validating", disable=not progress, leave=False):
         labels = labels.to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            if isinstance(inputs, list):
-                out = model(maps=[m.to(device) for m in inputs])
-            else:
-                out = model(inputs.to(device))
+            out = _run(model, inputs, device)
         pred = model.scores(out, labels.shape[-2:]).argmax(1)
         conf += confusion_matrix(pred, labels, num_classes)
     model.train(was_training)
@@ -272,10 +276,7 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
                 break
             labels = labels.to(device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                if isinstance(inputs, list):
-                    outputs = ddp_model(maps=[m.to(device) for m in inputs])
-                else:
-                    outputs = ddp_model(inputs.to(device))
+                outputs = _run(ddp_model, inputs, device)
                 loss = model.loss(outputs, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
