@@ -29,7 +29,8 @@ setup(
     + config_packages
     + find_namespace_packages(include=["hydra_plugins", "hydra_plugins.*"]),
     package_dir={"sam2_vitplug.configs": "configs"},
-    package_data={"sam2_vitplug.configs": ["**/*.yaml"], "": ["*.yaml"]},
+    package_data={"sam2_vitplug.configs": ["**/*.yaml"], "": ["*.yaml"],
+                  "sam2_vitplug": ["assets/*/*.safetensors", "assets/*/*.json", "assets/*/*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.3",

@@ -114,10 +114,19 @@ def _build_then_load(
     hydra_overrides_extra: Iterable[str],
     **kwargs: Any,
 ) -> nn.Module:
+    from .sam2_presets import find_sam2_preset
+
+    exclude: Sequence[str] = TRUNK_PREFIXES
+    preset = find_sam2_preset(config_file)
+    if preset is not None:  # a packaged model: its weights fit the whole model, trunk included
+        config_file, exclude = preset.config, ()
+        if sam2_ckpt is None:
+            sam2_ckpt = preset.weights_path()
     # build on CPU (upstream would move to its default "cuda"), load, then move once
     model = upstream_builder(config_file, ckpt_path=None, device="cpu",
                              hydra_overrides_extra=list(hydra_overrides_extra), **kwargs)
-    model.sam2_vitplug_load_report = load_sam2_weights(model, sam2_ckpt) if sam2_ckpt is not None else None
+    model.sam2_vitplug_load_report = (load_sam2_weights(model, sam2_ckpt, exclude=exclude)
+                                      if sam2_ckpt is not None else None)
     return model.to(device)
 
 
@@ -132,7 +141,8 @@ def build_sam2_vit(
 ) -> nn.Module:
     """Build ``config_file`` with upstream ``build_sam2`` and load ``sam2_ckpt`` around the trunk.
 
-    The :class:`LoadReport` is kept on ``model.sam2_vitplug_load_report`` (None without a
+    ``config_file`` may also name a packaged model (``sam2_vit_demo``, see
+    :mod:`sam2_vitplug.sam2_presets`): its weights then load by default, fully and strictly. The :class:`LoadReport` is kept on ``model.sam2_vitplug_load_report`` (None without a
     checkpoint). ``device`` is required: nothing here guesses CUDA.
     """
     from sam2.build_sam import build_sam2

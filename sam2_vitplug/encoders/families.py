@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .presets import DINOV2_PRESETS, DINOV3_PRESETS, IJEPA_PRESETS, EncoderPreset
+from .presets import DEMO_PRESETS, DINOV2_PRESETS, DINOV3_PRESETS, IJEPA_PRESETS, EncoderPreset
 
 
 def _get_attr_path(obj: Any, path: str) -> Any:
@@ -92,7 +92,7 @@ DINOV2 = EncoderFamily(
     model_types=("dinov2", "dinov2_with_registers"),
     meta_pos_interp_model_types=("dinov2",),
     meta_checkpoint=True,
-    presets=DINOV2_PRESETS,
+    presets=DINOV2_PRESETS + DEMO_PRESETS,
 )
 
 DINOV3 = EncoderFamily(

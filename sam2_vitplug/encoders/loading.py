@@ -122,6 +122,35 @@ def _load_hf(location: str, *, random_init: bool, local: bool, revision: str | N
         raise _hub_error(location, err) from None
 
 
+def packaged_path(relative: str) -> Path:
+    """The absolute path of a file shipped inside the ``sam2_vitplug`` package; FileNotFoundError if absent."""
+    path = Path(__file__).resolve().parents[1] / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"packaged weights '{path}' are missing; reinstall sam2-vitplug from a full checkout (the file is in "
+            "git), or regenerate it with `python tools/train_demo_model.py`"
+        )
+    return path
+
+
+def _load_packaged(preset: EncoderPreset) -> nn.Module:
+    """Build ``preset.arch`` and load its tensors (under ``key_prefix``) from the packaged safetensors."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    path = packaged_path(preset.package_file)
+    state = {k[len(preset.key_prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(preset.key_prefix)}
+    model = _from_config(AutoConfig.for_model(preset.model_type, **dict(preset.arch)))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"'{path}' does not fit preset '{preset.name}': missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]} (under prefix '{preset.key_prefix}')")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model
+
+
 def load_encoder(
     pretrained: str | os.PathLike,
     encoder_type: str | None = None,
@@ -159,6 +188,9 @@ def load_encoder(
 
             config = AutoConfig.for_model(preset.model_type, **dict(preset.arch))
             model, source, location = _from_config(config), "random", f"preset {name} (random weights)"
+        elif preset.package_file:
+            model, location = _load_packaged(preset), str(packaged_path(preset.package_file))
+            source = "package"
         else:
             model = _load_hf(preset.hf_id, random_init=False, local=False, revision=preset.revision or revision,
                              trust_remote_code=trust_remote_code)

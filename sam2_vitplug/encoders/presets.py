@@ -29,6 +29,10 @@ class EncoderPreset:
         revision: optional hub revision to pin.
         mean, std: the pixel normalisation the weights were trained with.
         license: the weights' license, as published.
+        package_file: weights shipped inside the ``sam2_vitplug`` package (path relative to it,
+            safetensors) instead of on the hub; ``hf_id`` is then empty.
+        key_prefix: the prefix of this encoder's tensors in ``package_file`` (a whole-model
+            checkpoint holds the ViT under ``image_encoder.trunk.vit.``).
     """
 
     name: str
@@ -41,6 +45,8 @@ class EncoderPreset:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     license: str = ""
+    package_file: str | None = None
+    key_prefix: str = ""
 
     @property
     def patch_size(self) -> int:
@@ -113,6 +119,22 @@ DINOV3_PRESETS = tuple(
         license="DINOv3 License",
     )
     for size, (tag, arch) in _DINOV3_SIZES.items()
+)
+
+# The ViT of the embedded demo model (tools/train_demo_model.py): trained here on synthetic shapes,
+# shipped inside the package; it is the trunk of the sam2_vit_demo SAM2 preset and its matcher.
+DEMO_PRESETS = (
+    EncoderPreset(
+        name="dinov2_demo",
+        encoder_type="dino",
+        hf_id="",
+        model_type="dinov2",
+        arch=_vit_arch(128, 6, 4, 14, mlp_ratio=4, image_size=518, layerscale_value=1.0),
+        native_size=224,
+        license="Apache-2.0 (trained here on synthetic data)",
+        package_file="assets/sam2_vit_demo/model.safetensors",
+        key_prefix="image_encoder.trunk.vit.",
+    ),
 )
 
 # I-JEPA ViT-H/14 (no CLS token; position embeddings must be interpolated off 224 px).
