@@ -42,30 +42,32 @@ sys.path.insert(0, str(REPO / "tools"))
 OUT_DIMS = "64,64,32,16"
 
 
-def _tiny_vit(path: Path, seed: int) -> Path:
+def _tiny_vit(path: Path, seed: int, hidden: int = 64, layers: int = 4, heads: int = 4) -> Path:
+    """A random-init DINOv2-architecture ViT (patch 14, MLP ratio 4) saved with save_pretrained."""
     import torch
     import transformers as T
 
     if not (path / "config.json").is_file():
         torch.manual_seed(seed)
-        config = T.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        config = T.Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                 patch_size=14, image_size=518)
         T.AutoModel.from_config(config).save_pretrained(path)
     return path
 
 
-def _trunk_overrides(vit: Path, image_size: int) -> list[str]:
+def _trunk_overrides(vit: Path, image_size: int, out_dims: str = OUT_DIMS) -> list[str]:
     return [f"++model.image_encoder.trunk.pretrained={vit}", "++model.image_encoder.trunk.encoder_type=dino",
-            f"++model.image_encoder.trunk.out_dims=[{OUT_DIMS}]", f"++model.image_size={image_size}"]
+            f"++model.image_encoder.trunk.out_dims=[{out_dims}]", f"++model.image_size={image_size}"]
 
 
-def _initial_model(vit: Path, out: Path, seed: int, image_size: int):
+def _initial_model(vit: Path, out: Path, seed: int, image_size: int, out_dims: str = OUT_DIMS):
     import torch
 
     from sam2_vitplug.build import build_sam2_vit
 
     torch.manual_seed(seed)
-    model = build_sam2_vit("sam2_vit_dino_s.yaml", device="cpu", hydra_overrides_extra=_trunk_overrides(vit, image_size))
+    model = build_sam2_vit("sam2_vit_dino_s.yaml", device="cpu",
+                           hydra_overrides_extra=_trunk_overrides(vit, image_size, out_dims))
     tmp = out.with_suffix(".tmp")
     torch.save({"model": model.state_dict()}, tmp)
     os.replace(tmp, out)
@@ -73,14 +75,16 @@ def _initial_model(vit: Path, out: Path, seed: int, image_size: int):
 
 
 def _train(mode: str, work: Path, data: Path, vit: Path, init: Path, budget_s: float, args) -> dict:
-    """Run training_ext until ``budget_s`` seconds have passed, then SIGKILL it: the last
-    per-phase checkpoint is what gets evaluated (upstream saves it atomically)."""
+    """Run training_ext until ``budget_s`` seconds have passed (or ``args.epochs`` epochs, when the
+    namespace has them), then SIGKILL it: the last per-phase checkpoint is what gets evaluated
+    (upstream saves it atomically)."""
     exp = work / f"run_{mode}"
+    out_dims = getattr(args, "out_dims", OUT_DIMS)
     cmd = [sys.executable, "-m", "training_ext.train", "--config", "configs/training/tiny_cpu.yaml",
-           "--device", args.device, "--encoder-type", "dino", "--encoder-ckpt", str(vit), "--encoder-out-dims", OUT_DIMS,
+           "--device", args.device, "--encoder-type", "dino", "--encoder-ckpt", str(vit), "--encoder-out-dims", out_dims,
            "--init-ckpt", str(init), "--experiment-dir", str(exp), f"dataset.root={data}",
            f"scratch.resolution={args.image_size}",
-           "scratch.num_epochs=1000", f"scratch.phases_per_epoch={args.phases}", f"scratch.base_lr={args.lr}",
+           f"scratch.num_epochs={getattr(args, 'epochs', 1000)}", f"scratch.phases_per_epoch={args.phases}", f"scratch.base_lr={args.lr}",
            f"scratch.vision_lr={args.vision_lr}", "scratch.log_freq=10", f"scratch.max_num_objects={args.objects}",
            # train on what is measured: a positive click, no boxes, one correction click (0 trips an
            # upstream UnboundLocalError in SAM2Train._iter_correct_pt_sampling); fewer decoder passes per step

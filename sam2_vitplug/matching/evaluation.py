@@ -13,10 +13,12 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 
 def evaluate(coco_gt: dict, results: list[dict], category_ids: Sequence[int] | None = None,
-             iou_types: Sequence[str] = ("bbox", "segm")) -> dict[str, dict[str, float]]:
+             iou_types: Sequence[str] = ("bbox", "segm"),
+             per_class: dict[str, dict[int, float]] | None = None) -> dict[str, dict[str, float]]:
     """The 12 COCO summary numbers per IoU type, restricted to ``category_ids`` (all if None).
 
-    With no detections every number is 0 (pycocotools cannot load an empty result list)."""
+    With no detections every number is 0 (pycocotools cannot load an empty result list).
+    Pass a dict as ``per_class`` to also receive ``{iou_type: {category_id: AP}}`` in it."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -36,6 +38,8 @@ def evaluate(coco_gt: dict, results: list[dict], category_ids: Sequence[int] | N
             raise ValueError(f"iou type must be 'bbox' or 'segm', got {iou_type!r}")
         if not results:
             out[iou_type] = {name: 0.0 for name in STAT_NAMES}
+            if per_class is not None:
+                per_class[iou_type] = {c: 0.0 for c in cats}
             continue
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
@@ -47,6 +51,20 @@ def evaluate(coco_gt: dict, results: list[dict], category_ids: Sequence[int] | N
             ev.summarize()
         logger.info("COCOeval %s:\n%s", iou_type, buffer.getvalue())
         out[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+        if per_class is not None:
+            per_class[iou_type] = _per_class_ap(ev, cats)
+    return out
+
+
+def _per_class_ap(ev, cats: Sequence[int]) -> dict[int, float]:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) per category, as COCOeval.summarize averages it;
+    -1 for a category with no ground truth."""
+    precision = ev.eval["precision"]  # (iou thresholds, recall points, categories, areas, max dets)
+    out = {}
+    for k, cat in enumerate(cats):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        out[int(cat)] = float(values.mean()) if values.size else -1.0
     return out
 
 
