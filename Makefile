@@ -35,7 +35,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
 demo: $(STAMP)
-	$(VENV)/bin/sam2-vitplug check sam2_vit_dino_s.yaml --random-init --image-size 512
+	HF_HUB_OFFLINE=1 $(PY) tools/demo_fewshot.py --out demo_out
 
 bench: $(STAMP)
 	$(PY) tools/bench_trunk.py --out bench_out/bench_trunk.json
