@@ -95,6 +95,23 @@ class HFMatcherEncoder(nn.Module):
         grid = self.tokens_to_grid(out.last_hidden_state, height // self.patch_size, width // self.patch_size)
         return grid.float()
 
+    def hr_extractor(self, transforms: int, *, shift: int | None = None, directions: int | None = None,
+                     border: str = "reflect", memory_budget: int | str | None = None):
+        """A :class:`~sam2_vitplug.modeling.hr_features.HRFeatureExtractor` on this encoder's
+        ViT (shares its weights); raises ``ValueError`` for an unsupported K or shift."""
+        from ..modeling.hr_features import HRFeatureExtractor
+
+        return HRFeatureExtractor(self.vit, self.family, transforms=transforms, shift=shift, directions=directions,
+                                  border=border, memory_budget=memory_budget)
+
+    @torch.inference_mode()
+    def encode_hr(self, pixels: torch.Tensor, size: tuple[int, int], transforms: int, *,
+                  shift: int | None = None) -> torch.Tensor:
+        """``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, C, size)`` features averaged over
+        ``transforms`` shifted/flipped copies (DESIGN.md section 5), float32."""
+        x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
+        return self.hr_extractor(transforms, shift=shift)(x, size).float()
+
 
 def load_matcher(
     name: str | os.PathLike,

@@ -43,6 +43,23 @@ class FewShotPredictor:
             bank.check_encoder(matcher)
         self.bank, self.source, self.matcher, self.cfg = bank, source, matcher, cfg
         self.timings: dict[str, float] = {}
+        self.hr_transforms = int(cfg.scoring.get("hr_transforms", 0) or 0)
+        if self.hr_transforms:
+            self._check_hr(matcher)
+
+    def _check_hr(self, matcher: MatcherEncoder | None) -> None:
+        """``scoring.hr_transforms`` needs a transformers matcher and a valid K/shift (checked
+        here, before any image is processed)."""
+        k = self.hr_transforms
+        if k < 0:
+            raise ValueError(f"scoring.hr_transforms must be >= 0 (0 = off), got {k}")
+        if self.cfg.proposals.get("shared_backbone", False):
+            raise ValueError("--hr-transforms cannot be combined with --shared-backbone (that mode scores with the "
+                             "SAM2 trunk's own tokens); drop one of them")
+        if matcher is None or not hasattr(matcher, "hr_extractor"):
+            raise ValueError(f"--hr-transforms needs a transformers matcher encoder; "
+                             f"{type(matcher).__name__} has no encode_hr")
+        matcher.hr_extractor(k, shift=self.cfg.scoring.get("hr_shift", None))
 
     def target_features(self, image: np.ndarray, proposals: Proposals) -> torch.Tensor:
         """``(C, h, w)`` features of the whole target image (computed once per image)."""
@@ -52,6 +69,13 @@ class FewShotPredictor:
             raise ValueError("no matcher encoder and the proposal source returned no features")
         device = getattr(self.matcher, "device", torch.device("cpu"))
         pixels = resize_square(to_pixels(image, device), self.matcher.input_size)
+        if self.hr_transforms:
+            # averaged features at the low-res mask grid (capped at the encoder input size), so
+            # proposals are pooled at their own resolution instead of the coarse token grid
+            side = self.matcher.input_size
+            size = (min(proposals.lowres.shape[-2], side), min(proposals.lowres.shape[-1], side))
+            return self.matcher.encode_hr(pixels, size, self.hr_transforms,
+                                          shift=self.cfg.scoring.get("hr_shift", None))[0]
         return self.matcher.encode(pixels)[0]
 
     @torch.inference_mode()

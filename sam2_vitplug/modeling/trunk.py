@@ -23,6 +23,7 @@ from torch import nn
 from ..encoders import load_encoder
 from ..encoders.tokens import tokens_to_grid
 from .pyramid import MultiScalePyramid, UpsampleMode
+from .transforms import TransformSet, apply_transforms, average_maps, make_transforms
 
 STRIDES = (4, 8, 16, 32)
 GRID_STRIDE = 16
@@ -115,7 +116,11 @@ class ViTTrunkMultiScale(nn.Module):
             (see :func:`sam2_vitplug.encoders.load_encoder`).
         encoder_type: expected family (``dino``, ``dinov3``, ``ijepa``, ``vit``); inferred if None.
         out_dims: channels per level, low-res first ``[C32, C16, C8, C4]``, or ``"auto"``.
-        upsample_mode: ``bilinear`` or ``deconv`` for the stride 8 and 4 levels.
+        upsample_mode: ``bilinear``, ``deconv`` or ``transform_avg`` for the stride 8 and 4 levels.
+            ``transform_avg`` runs the ViT on ``hr_transforms`` shifted/flipped copies of the
+            image in one batch and builds every level from the transform-averaged maps
+            (DESIGN.md section 5); training back-propagates through the K-image batch, so the
+            ViT's cost and activation memory grow K-fold.
         refine_highres: depthwise-separable refinement on the stride 8 and 4 levels.
         freeze_vit: no gradients, eval mode and no autograd graph through the ViT; the
             pyramid still trains.
@@ -129,6 +134,10 @@ class ViTTrunkMultiScale(nn.Module):
         pos_interp: ``meta`` (default) or ``hf`` position-embedding interpolation for
             DINOv2 weights trained with Meta's rule.
         resize_antialias: antialias the input resize when it shrinks the image (patch 14).
+        hr_transforms, hr_shift, hr_directions, hr_border: the transform set of
+            ``transform_avg`` (K, shift in ViT-input pixels below patch/2, 4 or 8 directions,
+            ``reflect``/``periodic``); see :func:`sam2_vitplug.modeling.transforms.make_transforms`.
+            Ignored by the other modes.
     """
 
     def __init__(
@@ -147,6 +156,10 @@ class ViTTrunkMultiScale(nn.Module):
         revision: str | None = None,
         trust_remote_code: bool = False,
         resize_antialias: bool = True,
+        hr_transforms: int = 4,
+        hr_shift: int | None = None,
+        hr_directions: int | None = None,
+        hr_border: str = "reflect",
     ) -> None:
         super().__init__()
         self.force_dtype = parse_dtype(force_dtype)
@@ -172,6 +185,10 @@ class ViTTrunkMultiScale(nn.Module):
         self.out_dims = list(self.channel_list)
         self.pyramid = MultiScalePyramid(self.embed_dim, self.channel_list, upsample_mode, refine_highres)
         self.upsample_mode = upsample_mode
+        self.hr_transforms: TransformSet | None = None
+        if upsample_mode == "transform_avg":
+            self.hr_transforms = make_transforms(int(hr_transforms), self.patch_size, shift=hr_shift,
+                                                 directions=hr_directions, border=hr_border)
         self.freeze_vit = bool(freeze_vit)
         self.verbose = bool(verbose)
         self.resize_antialias = bool(resize_antialias)
@@ -228,14 +245,20 @@ class ViTTrunkMultiScale(nn.Module):
         """Run the ViT on an image ``(B, 3, H, W)`` (H, W multiples of 16) and return the four
         stride-16 maps ``(B, C, H/16, W/16)`` that feed the levels s4, s8, s16, s32."""
         height, width = x.shape[-2:]
-        gh, gw = height // GRID_STRIDE, width // GRID_STRIDE
-        size = self.vit_input_size(height, width)
-        if size != (height, width):
-            shrink = size[0] < height or size[1] < width
+        return self._vit_maps(self._vit_input(x), height // GRID_STRIDE, width // GRID_STRIDE)
+
+    def _vit_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to :meth:`vit_input_size` and cast to ``force_dtype``."""
+        size = self.vit_input_size(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
+            shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
                               antialias=self.resize_antialias and shrink)
         if self.force_dtype is not None:
             x = x.to(self.force_dtype)
+        return x
+
+    def _vit_maps(self, x: torch.Tensor, gh: int, gw: int) -> list[torch.Tensor]:
         last = self.num_layers - 1
         need_hidden = any(layer != last for layer in self.feature_layers)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
@@ -255,13 +278,30 @@ class ViTTrunkMultiScale(nn.Module):
         (B, C32, ceil(H/32), ceil(W/32))]``; H and W must be multiples of 16."""
         check_input_size(*x.shape[-2:])
         pyramid_dtype = self.pyramid.to_s16.weight.dtype
-        maps = [m.to(pyramid_dtype) for m in self.forward_vit_maps(x)]
-        outs = self.pyramid(maps)
+        if self.hr_transforms is not None:
+            outs = self._forward_transform_avg(x, pyramid_dtype)
+        else:
+            maps = [m.to(pyramid_dtype) for m in self.forward_vit_maps(x)]
+            outs = self.pyramid(maps)
         if self.force_dtype is not None:
             outs = [o.to(self.force_dtype) for o in outs]
         if self.verbose and not torch.compiler.is_compiling():
             self._report(x, outs)
         return outs
+
+    def _forward_transform_avg(self, x: torch.Tensor, pyramid_dtype: torch.dtype) -> list[torch.Tensor]:
+        """The K transformed copies of each image in one ViT batch, then the averaging pyramid."""
+        tset = self.hr_transforms
+        assert tset is not None
+        gh, gw = x.shape[-2] // GRID_STRIDE, x.shape[-1] // GRID_STRIDE
+        x_vit = self._vit_input(x)
+        vit_size = tuple(x_vit.shape[-2:])
+        maps = [m.to(pyramid_dtype) for m in self._vit_maps(apply_transforms(x_vit, tset), gh, gw)]
+
+        def averager(level_maps: torch.Tensor, scale: int) -> torch.Tensor:
+            return average_maps(level_maps, tset, vit_size, (gh * scale, gw * scale), patch=self.patch_size)
+
+        return self.pyramid(maps, averager)
 
     def _report(self, x: torch.Tensor, outs: list[torch.Tensor]) -> None:
         key = tuple(x.shape[-2:])
@@ -273,7 +313,8 @@ class ViTTrunkMultiScale(nn.Module):
         print(
             f"[ViTTrunkMultiScale] {self.encoder_type} patch {self.patch_size}: input {key[0]}x{key[1]} -> ViT "
             f"{vit_h}x{vit_w} ({vit_h // self.patch_size}x{vit_w // self.patch_size} tokens, layers "
-            f"{list(self.feature_layers)}) -> {levels}; channel_list {self.channel_list}",
+            f"{list(self.feature_layers)}) -> {levels}; channel_list {self.channel_list}"
+            + (f"; transform_avg {self.hr_transforms.describe()}" if self.hr_transforms is not None else ""),
             file=sys.stderr,
         )
 

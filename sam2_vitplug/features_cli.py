@@ -1,0 +1,229 @@
+"""``sam2-vitplug features IMAGE... --encoder E --transforms K --out F [--pca P]``.
+
+High-resolution ViT features (transform-averaged, optionally stride-reduced; DESIGN.md section
+5) of one image or a folder, written as safetensors (key ``features``, ``(C, H, W)``, with the
+settings in the file's metadata), plus the 3-component PCA picture people use to judge
+features. Every input is checked (images exist, K/shift/target valid, memory budget fits)
+before the first forward; every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); raises if none is found."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not images:
+                raise FileNotFoundError(f"folder '{path}' holds no images ({', '.join(IMAGE_EXTS)})")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"image '{path}' does not exist; pass image files or folders of images")
+    return found
+
+
+def input_size_for(height: int, width: int, longer: int, patch: int) -> tuple[int, int]:
+    """Resize so the longer side is ``longer``, both sides rounded to a multiple of ``patch``."""
+    scale = longer / max(height, width)
+    return (max(1, int(height * scale / patch + 0.5)) * patch, max(1, int(width * scale / patch + 0.5)) * patch)
+
+
+def pca_rgb(features: torch.Tensor, max_fit: int = 65536, seed: int = 0) -> np.ndarray:
+    """``(C, H, W)`` features -> ``(H, W, 3)`` uint8: the first three principal components as RGB.
+
+    Fitted on up to ``max_fit`` pixels (seeded sample); each component is stretched between its
+    1st and 99th percentile, and its sign fixed (largest loading positive) so colours are
+    reproducible."""
+    channels, height, width = features.shape
+    flat = features.reshape(channels, -1).T.float()
+    gen = torch.Generator().manual_seed(seed)
+    fit = flat if flat.shape[0] <= max_fit else flat[torch.randperm(flat.shape[0], generator=gen)[:max_fit]]
+    mean = fit.mean(0)
+    centred = fit - mean
+    cov = centred.T.double() @ centred.double() / max(1, fit.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov)
+    comps = vecs[:, -3:].flip(-1).float()  # top 3, largest first
+    if comps.shape[1] < 3:
+        comps = torch.cat([comps, comps.new_zeros(channels, 3 - comps.shape[1])], 1)
+    signs = torch.sign(comps[comps.abs().argmax(0), torch.arange(3)])
+    comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
+    fit_proj = centred @ comps
+    lo, hi = torch.quantile(fit_proj, 0.01, dim=0), torch.quantile(fit_proj, 0.99, dim=0)
+    proj = (flat - mean) @ comps
+    rgb = ((proj - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+    return (rgb.reshape(height, width, 3).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _atomic_save(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_features(path: Path, features: torch.Tensor, metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    _atomic_save(path, lambda tmp: save_file({"features": features.contiguous().cpu()}, tmp, metadata=meta))
+
+
+def save_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    _atomic_save(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def _destinations(images: list[Path], out: str, pca: str | None) -> list[tuple[Path, Path | None]]:
+    """``(features path, pca path)`` per image; a ``.safetensors``/``.png`` name is a file (one
+    image only), anything else a folder that gets ``<stem>.safetensors``/``<stem>.png``."""
+    out_path, pca_path = Path(out).expanduser(), Path(pca).expanduser() if pca else None
+    if len(images) > 1:
+        stems = [p.stem for p in images]
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        if dup:
+            raise ValueError(f"several images share the name(s) {dup[:5]}; their outputs would overwrite each other. "
+                             "Run them separately or rename them")
+    dests = []
+    for image in images:
+        dests.append((_dest(out_path, image, ".safetensors", "--out", len(images)),
+                      _dest(pca_path, image, ".png", "--pca", len(images)) if pca_path else None))
+    return dests
+
+
+def _dest(path: Path, image: Path, suffix: str, flag: str, count: int) -> Path:
+    if path.suffix.lower() == suffix:
+        if count > 1:
+            raise ValueError(f"{flag} '{path}' names one file but {count} images were given; pass a folder instead")
+        return path
+    if path.is_file():
+        raise ValueError(f"{flag} '{path}' is an existing file; pass a {suffix} file name or a folder")
+    return path / f"{image.stem}{suffix}"
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .cli import default_device
+    from .encoders import load_encoder
+    from .matching.encoder import DEFAULT_INPUT_SIZE
+    from .matching.io import load_rgb
+    from .modeling.hr_features import HRFeatureExtractor, format_bytes
+    from .modeling.trunk import parse_dtype
+
+    images = collect_images(args.images)
+    dests = _destinations(images, args.out, args.pca)
+    if args.out_stride < 1:
+        raise ValueError(f"--out-stride must be >= 1 (1 = full input resolution), got {args.out_stride}")
+    dtype = parse_dtype(args.dtype) or torch.float32
+    device = args.device or default_device()
+
+    loaded = load_encoder(args.encoder, args.encoder_type, random_init=args.random_init)
+    model = loaded.model.eval().to(device=device, dtype=dtype)
+    extractor = HRFeatureExtractor(model, loaded.family, transforms=args.transforms, shift=args.shift,
+                                   directions=args.directions, border=args.border,
+                                   stride_reduction=args.stride_reduction, memory_budget=args.memory_budget)
+    patch = extractor.patch_size
+    longer = args.input_size or DEFAULT_INPUT_SIZE.get(patch, 37 * patch)
+    preset = loaded.preset
+    mean = torch.tensor(preset.mean if preset else (0.485, 0.456, 0.406), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std if preset else (0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
+
+    jobs = []
+    for image in images:  # every size, target and memory plan checked before the first forward
+        with Image.open(image) as img:
+            width, height = img.size
+        size = input_size_for(height, width, longer, patch)
+        target = (max(1, int(size[0] / args.out_stride + 0.5)), max(1, int(size[1] / args.out_stride + 0.5)))
+        plan = extractor.plan(1, *size, target, grad=False)
+        jobs.append((image, size, target, plan))
+    first = jobs[0][3]
+    logger.info("features: %s; %d ViT forward(s) of %d image(s) per input, ~%s planned", extractor.tset.describe(),
+                first.forwards, first.chunk, format_bytes(first.estimated_bytes))
+
+    meta_common = {"encoder": str(args.encoder), "encoder_type": loaded.family.name, "source": loaded.location,
+                   "transforms": extractor.k, "shift": extractor.tset.shift, "directions": extractor.tset.directions,
+                   "border": extractor.tset.border, "patch_stride": extractor.stride, "patch_size": patch,
+                   "transform_set": extractor.tset.describe(), "dtype": str(dtype).replace("torch.", "")}
+    bar = tqdm(total=len(jobs) * extractor.k, unit="view", desc="features", disable=args.quiet)
+    with torch.inference_mode():
+        for (image, size, target, plan), (out_path, pca_path) in zip(jobs, dests):
+            rgb = torch.from_numpy(load_rgb(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+            shrink = size[0] < rgb.shape[-2] or size[1] < rgb.shape[-1]
+            rgb = torch.nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False,
+                                                  antialias=shrink)
+            feats = extractor(((rgb - mean) / std).to(dtype), target, progress=bar.update)[0]
+            meta = dict(meta_common, image=str(image), input_size=list(size), target_size=list(target),
+                        grid=list(plan.grid))
+            save_features(out_path, feats, meta)
+            if pca_path is not None:
+                save_png(pca_path, pca_rgb(feats.float().cpu()))
+    bar.close()
+    where = dests[0][0] if len(dests) == 1 else dests[0][0].parent
+    print(f"wrote features of {len(jobs)} image(s) to {where} ({extractor.tset.describe()}, patch stride "
+          f"{extractor.stride})" + (f"; PCA pictures in {dests[0][1] if len(dests) == 1 else dests[0][1].parent}"
+                                   if args.pca else ""))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``features``."""
+    p = subparsers.add_parser("features", help="high-resolution ViT features (transform averaging) + PCA picture",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
+    p.add_argument("--encoder", required=True, help="preset, HF id, local directory or Meta .pth")
+    p.add_argument("--encoder-type", default=None, help="expected encoder family (default: inferred)")
+    p.add_argument("--random-init", action="store_true", help="random weights of the same architecture (tests)")
+    p.add_argument("--transforms", type=int, default=8, metavar="K",
+                   help="transforms averaged: 1, 2, 4, 5, 8, 10 (4 directions) or 9, 16, 18 (8 directions); "
+                        "default 8 = 4 shifts x {no flip, flip}")
+    p.add_argument("--shift", type=int, default=None, help="shift in pixels, below patch/2 (default a third of the token step: "
+                        "patch // 3, or patch // 6 with --stride-reduction)")
+    p.add_argument("--directions", type=int, choices=(4, 8), default=None,
+                   help="shift directions (default: 4 when K allows it, else 8)")
+    p.add_argument("--border", choices=("reflect", "periodic"), default="reflect", help="border rule of the shifts")
+    p.add_argument("--stride-reduction", action="store_true",
+                   help="patch-embedding stride P/2 (4x tokens: ~4x MLP and ~16x attention cost)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="longer image side fed to the ViT, rounded to the patch (default 518 patch 14, 512 patch 16)")
+    p.add_argument("--out-stride", type=int, default=1,
+                   help="output resolution = input size / this (1 = full input resolution)")
+    p.add_argument("--memory-budget", default=None,
+                   help="e.g. 4GiB: encode the K views in chunks that fit (default: all in one forward)")
+    p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16 for the ViT and the output")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--out", required=True,
+                   help="features file (.safetensors, one image) or folder (<stem>.safetensors per image)")
+    p.add_argument("--pca", default=None, help="PCA picture (.png, one image) or folder (<stem>.png per image)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_features)

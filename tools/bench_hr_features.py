@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""Benchmark transform-averaged (HR) features: time and peak memory against K and image size.
+
+For every ViT geometry (``dinov2_{small,base,large}`` presets, random weights, nothing
+downloaded) and every image size (the ViT input: 448, 896, 1344 px = 32, 64, 96 tokens a
+side), ONE run measures:
+
+* ``bilinear``: one plain ViT forward + ``F.interpolate`` to the target (the baseline);
+* ``tavg K`` for each K: ``HRFeatureExtractor(transforms=K)`` (transforms, one batched ViT
+  forward of the K images, upsample + invert + average). Its ViT call is timed inside the same
+  run: that call IS a plain batched forward of K images (same shapes, same tokens), so
+  ``x plainK = total / vit`` is the cost of K transforms relative to K plain forwards (batched).
+  The largest K runs under a memory budget that allows ``--budget-chunk`` images per forward,
+  to show memory follows the budget (``peak <= budget``) while the smaller K run unchunked;
+* ``stride/2``: patch-embedding stride P/2 (4x tokens), K=1, geometry-correct bilinear
+  upsampling; its cost relative to ``bilinear`` is reported as measured.
+
+The target is ``image / --target-stride`` (4 = SAM2's stride-4 level; 1 = full resolution).
+Ratios are within one run; ``x plainK`` is within one call, so load from other processes
+cannot skew it. Ratios between calls (``x bil``) are stretched by such load; ``cpu x bil``
+uses process CPU time instead and ``util`` (CPU time / wall time / threads) shows how much of
+a core the call got. Peak memory: this process's VmHWM reset before each call
+(``/proc/self/clear_refs``), peak = VmHWM after - VmRSS before (output included); the
+planner's estimate is recorded beside it.
+
+Depth: ``--depth N`` keeps N transformer blocks (default 1) so that ViT-L at 1344 px with
+K=16 finishes on a CPU. The ViT then costs 12-24x less than the full model while the
+averaging cost is unchanged, so the measured ``x plainK`` overheads are upper bounds; the JSON
+also has ``x_plainK_full_depth_est`` (ViT time scaled by blocks/N). Peak memory in inference
+does not depend on depth (one block's activations are alive at a time).
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python tools/bench_hr_features.py --out bench_out/hr_features.json
+    python tools/bench_hr_features.py --quick --out /tmp/hr_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_trunk import MEM_METHODS, MemProbe, machine_info, write_json_atomic  # noqa: E402
+
+log = logging.getLogger("bench_hr_features")
+PRESETS = {"S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
+TARGET_RATIO = 1.1
+
+
+def build_model(key: str, depth: int):
+    from sam2_vitplug.encoders import load_encoder
+
+    torch.manual_seed(0)
+    loaded = load_encoder(PRESETS[key], random_init=True)
+    model = loaded.model.eval()
+    full = int(model.config.num_hidden_layers)
+    if 0 < depth < full:
+        blocks = loaded.family.blocks(model)
+        del blocks[depth:]
+        model.config.num_hidden_layers = depth
+    return model, loaded.family, full
+
+
+def measure(fn: Callable[[], Any], probe: MemProbe) -> tuple[float, dict[str, Any]]:
+    gc.collect()
+    probe.start()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    mem = probe.stop()
+    del out
+    mem["cpu_s"] = cpu
+    mem["cpu_util"] = cpu / (elapsed * torch.get_num_threads()) if elapsed > 0 else None
+    return elapsed, mem
+
+
+def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespace, probe: MemProbe,
+               key: str) -> list[dict[str, Any]]:
+    from sam2_vitplug.modeling.hr_features import HRFeatureExtractor
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    target = (size // args.target_stride, size // args.target_stride)
+    depth = int(model.config.num_hidden_layers)
+    scale_full = full_depth / depth
+    rows: list[dict[str, Any]] = []
+    base = {"model": key, "preset": PRESETS[key], "image_size": size, "target": list(target), "depth": depth,
+            "full_depth": full_depth, "hidden": int(model.config.hidden_size)}
+
+    def run(variant: str, fn: Callable[[], Any], extra: dict[str, Any], vit_box: list[float] | None = None):
+        times, mems, vits = [], [], []
+        for _ in range(max(1, args.repeats)):
+            if vit_box is not None:
+                vit_box.clear()
+            elapsed, mem = measure(fn, probe)
+            times.append(elapsed)
+            mems.append(mem)
+            if vit_box is not None:
+                vits.append(sum(vit_box))
+        best = min(range(len(times)), key=times.__getitem__)
+        row = dict(base, variant=variant, seconds=times[best], times_s=times, peak_mib=mems[best].get("peak_mib"),
+                   cpu_s=mems[best].get("cpu_s"), cpu_util=mems[best].get("cpu_util"),
+                   mem_method=mems[best].get("method"), **extra)
+        if vit_box is not None:
+            row["vit_s"] = vits[best]
+            row["other_s"] = times[best] - vits[best]
+        rows.append(row)
+        log.info("%s %d %s: %.3fs %s MiB", key, size, variant, times[best], row["peak_mib"])
+        return row
+
+    with torch.inference_mode():
+        plain = HRFeatureExtractor(model, family, transforms=1)
+        fwd_kwargs = dict(family.forward_kwargs)
+
+        def bilinear():
+            maps = plain.token_maps(x)
+            return F.interpolate(maps, size=target, mode="bilinear", align_corners=False)
+
+        bil = run("bilinear", bilinear, {"transforms": 1, "stride": plain.stride,
+                                         "tokens": plain.plan(1, size, size, target).tokens_per_image})
+        bil["vit_s"] = None
+        ks = sorted(args.ks)
+        for k in ks:
+            budgeted = k == ks[-1] and len(ks) > 1 and args.budget_chunk > 0 and k > args.budget_chunk
+            ext = HRFeatureExtractor(model, family, transforms=k)
+            plan = ext.plan(1, size, size, target, grad=False)
+            if budgeted:
+                budget = plan.fixed_bytes + args.budget_chunk * plan.per_item_bytes
+                ext = HRFeatureExtractor(model, family, transforms=k, memory_budget=budget)
+                plan = ext.plan(1, size, size, target, grad=False)
+            vit_box: list[float] = []
+            inner = ext.token_maps
+
+            def timed_maps(xk, inner=inner, box=vit_box):
+                t0 = time.perf_counter()
+                out = inner(xk)
+                box.append(time.perf_counter() - t0)
+                return out
+
+            ext.token_maps = timed_maps  # bench-only instrumentation: time the ViT calls inside the run
+            row = run(f"tavg{k}", lambda ext=ext: ext(x, target), {
+                "transforms": k, "stride": ext.stride, "chunk": plan.chunk, "forwards": plan.forwards,
+                "budget_mib": None if plan.budget is None else plan.budget / 2**20,
+                "estimated_mib": plan.estimated_bytes / 2**20, "tokens": plan.tokens_per_image}, vit_box)
+            row["x_plainK"] = row["seconds"] / row["vit_s"] if row["vit_s"] else None
+            full_vit = row["vit_s"] * scale_full
+            row["x_plainK_full_depth_est"] = (row["other_s"] + full_vit) / full_vit if row["vit_s"] else None
+            row["x_bilinear"] = row["seconds"] / bil["seconds"]
+            row["x_bilinear_cpu"] = row["cpu_s"] / bil["cpu_s"] if bil["cpu_s"] else None
+            row["mem_x_bilinear"] = (row["peak_mib"] / bil["peak_mib"]) if row["peak_mib"] and bil["peak_mib"] else None
+            if row["budget_mib"] is not None and row["peak_mib"] is not None:
+                row["within_budget"] = row["peak_mib"] <= row["budget_mib"]
+        if args.plain_batched_max_size and size <= args.plain_batched_max_size:
+            for k in ks:  # independent check that the in-run ViT time is what a plain batched forward costs
+                xk = x.expand(k, -1, -1, -1).contiguous()
+                row = run(f"plain_x{k}", lambda xk=xk: model(pixel_values=xk, **fwd_kwargs).last_hidden_state,
+                          {"transforms": k, "stride": plain.stride})
+                tav = next(r for r in rows if r["variant"] == f"tavg{k}")
+                tav["plain_batched_s"] = row["seconds"]
+                tav["x_plainK_measured_separately"] = tav["seconds"] / row["seconds"]
+        if args.stride_max_size == 0 or size <= args.stride_max_size:
+            sr = HRFeatureExtractor(model, family, transforms=1, stride_reduction=True)
+            plan = sr.plan(1, size, size, target, grad=False)
+            row = run("stride/2", lambda: sr(x, target), {"transforms": 1, "stride": sr.stride,
+                                                         "tokens": plan.tokens_per_image,
+                                                         "estimated_mib": plan.estimated_bytes / 2**20})
+            row["x_bilinear"] = row["seconds"] / bil["seconds"]
+            row["x_bilinear_cpu"] = row["cpu_s"] / bil["cpu_s"] if bil["cpu_s"] else None
+            row["mem_x_bilinear"] = (row["peak_mib"] / bil["peak_mib"]) if row["peak_mib"] and bil["peak_mib"] else None
+    return rows
+
+
+def warm_up(model, family) -> None:
+    """One untimed call of every code path on a small image (first-call allocations, kernel selection)."""
+    from sam2_vitplug.modeling.hr_features import HRFeatureExtractor
+
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        for kw in ({"transforms": 1}, {"transforms": 8}, {"transforms": 1, "stride_reduction": True}):
+            HRFeatureExtractor(model, family, **kw)(x, (56, 56))
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    tav = [r for r in rows if r["variant"].startswith("tavg") and r.get("x_plainK") is not None]
+    budgeted = [r for r in rows if r.get("budget_mib") is not None]
+    worst = max(tav, key=lambda r: r["x_plainK"]) if tav else None
+    worst_full = max(tav, key=lambda r: r["x_plainK_full_depth_est"]) if tav else None
+    return {
+        "target": f"K transforms cost <= {TARGET_RATIO}x K plain batched forwards",
+        "worst_x_plainK": None if worst is None else
+        {k: worst[k] for k in ("model", "image_size", "transforms", "x_plainK")},
+        "worst_x_plainK_full_depth_est": None if worst_full is None else
+        {k: worst_full[k] for k in ("model", "image_size", "transforms", "x_plainK_full_depth_est")},
+        "met_at_bench_depth": None if worst is None else worst["x_plainK"] <= TARGET_RATIO,
+        "met_full_depth_est": None if worst_full is None else worst_full["x_plainK_full_depth_est"] <= TARGET_RATIO,
+        "budget_cells": len(budgeted),
+        "budget_respected": all(r.get("within_budget") for r in budgeted) if budgeted else None,
+    }
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict[str, Any]], out=sys.stdout) -> None:
+    head = (f"{'model':<5} {'px':>5} {'variant':<10} {'tokens':>6} {'chunk':>5} {'s':>8} {'vit s':>8} "
+            f"{'x plainK':>8} {'x full':>7} {'x bil':>7} {'cpu x bil':>9} {'util':>5} {'peak MiB':>9} {'est MiB':>8} "
+            f"{'budget':>8} {'mem x bil':>9}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        print(f"{r['model']:<5} {r['image_size']:>5} {r['variant']:<10} {fmt(r.get('tokens'), 'd'):>6} "
+              f"{fmt(r.get('chunk'), 'd'):>5} {r['seconds']:>8.3f} {fmt(r.get('vit_s'), '.3f'):>8} "
+              f"{fmt(r.get('x_plainK'), '.3f'):>8} {fmt(r.get('x_plainK_full_depth_est'), '.3f'):>7} "
+              f"{fmt(r.get('x_bilinear'), '.2f'):>7} {fmt(r.get('x_bilinear_cpu'), '.2f'):>9} "
+              f"{fmt(r.get('cpu_util'), '.2f'):>5} {fmt(r.get('peak_mib'), '.1f'):>9} "
+              f"{fmt(r.get('estimated_mib'), '.1f'):>8} {fmt(r.get('budget_mib'), '.1f'):>8} "
+              f"{fmt(r.get('mem_x_bilinear'), '.2f'):>9}", file=out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ints = lambda s: [int(v) for v in s.split(",") if v.strip()]  # noqa: E731
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON results (written atomically)")
+    p.add_argument("--models", default="S,B,L", type=lambda s: [v.strip().upper() for v in s.split(",") if v.strip()])
+    p.add_argument("--sizes", default="448,896,1344", type=ints, help="ViT input sizes (multiples of 14)")
+    p.add_argument("--ks", default="1,4,8,16", type=ints, help="transform counts")
+    p.add_argument("--depth", type=int, default=1, help="transformer blocks kept (0 = all)")
+    p.add_argument("--target-stride", type=int, default=4, help="target = image / this (1 = full resolution)")
+    p.add_argument("--budget-chunk", type=int, default=4,
+                   help="the largest K runs under a budget that fits this many images per forward (0 = off)")
+    p.add_argument("--stride-max-size", type=int, default=0, help="skip stride/2 above this size (0 = never skip)")
+    p.add_argument("--plain-batched-max-size", type=int, default=448,
+                   help="also time separate plain batched forwards of K images up to this size (0 = off)")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per cell (best is reported)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smoke run: ViT-S, 224 px, K 1 and 4 (K=4 budgeted)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.sizes, args.ks, args.plain_batched_max_size = ["S"], [224], [1, 4], 224
+        args.budget_chunk = 2
+    bad = [m for m in args.models if m not in PRESETS]
+    if bad:
+        p.error(f"--models must be among {', '.join(PRESETS)}, got {bad}")
+    if any(s % 14 or s <= 0 for s in args.sizes):
+        p.error(f"--sizes must be positive multiples of 14 (patch), got {args.sizes}")
+    if any(s % args.target_stride for s in args.sizes) or args.target_stride < 1:
+        p.error(f"--target-stride {args.target_stride} must divide every size {args.sizes}")
+    from sam2_vitplug.modeling.transforms import make_transforms
+
+    for k in args.ks:
+        try:
+            make_transforms(k, 14)
+        except ValueError as err:
+            p.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("sam2_vitplug", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    probe = MemProbe(torch.device("cpu"), True)
+    rows: list[dict[str, Any]] = []
+    data: dict[str, Any] = {"status": "running", "arguments": vars(args), "machine": machine_info(torch.device("cpu")),
+                            "memory_method": {"mode": "inprocess", "text": MEM_METHODS["inprocess"]}, "rows": rows}
+    for key in args.models:
+        model, family, full = build_model(key, args.depth)
+        warm_up(model, family)
+        for size in args.sizes:
+            rows += bench_cell(model, family, full, size, args, probe, key)
+            write_json_atomic(out, data)  # partial results survive an interrupted run
+        del model
+        gc.collect()
+    data["status"] = "complete"
+    data["summary"] = summarise(rows)
+    print_table(rows)
+    s = data["summary"]
+    print(f"\n{s['target']}: worst at depth {args.depth}: {s['worst_x_plainK']}; full-depth estimate: "
+          f"{s['worst_x_plainK_full_depth_est']}; budget respected in {s['budget_cells']} budgeted cells: "
+          f"{s['budget_respected']}")
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
