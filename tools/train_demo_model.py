@@ -116,7 +116,7 @@ def _write_card(out_dir: Path, card: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT), help="where model.safetensors and the card go")
-    parser.add_argument("--work", default=str(REPO / ".demo_train"), help="data, runs and logs (kept for reruns)")
+    parser.add_argument("--work", default=str(REPO / ".demo_train" / "e14"), help="data, runs and logs (kept for reruns)")
     parser.add_argument("--image-size", type=int, default=256, help="training and model image size (multiple of 16)")
     parser.add_argument("--hidden", type=int, default=128, help="ViT width")
     parser.add_argument("--layers", type=int, default=6, help="ViT depth")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dims", default="128,128,64,32", help="trunk out_dims C32,C16,C8,C4")
     parser.add_argument("--train", type=int, default=400, help="training images")
     parser.add_argument("--val", type=int, default=50, help="held-out images for the IoU measurement")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training images")
+    parser.add_argument("--epochs", type=int, default=14, help="passes over the training images")
     parser.add_argument("--phases", type=int, default=2, help="checkpoints per epoch")
     parser.add_argument("--budget-s", type=float, default=5400, help="wall-clock cap on training (safety net)")
     parser.add_argument("--objects", type=int, default=4, help="objects supervised per image and step")

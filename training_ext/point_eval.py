@@ -52,7 +52,7 @@ def load_split(split_dir: str | Path, limit: int | None = None) -> list[tuple[np
         anns.setdefault(ann["image_id"], []).append(ann)
     out = []
     for image in coco["images"][:limit]:
-        rgb = np.asarray(Image.open(split_dir / "images" / image["file_name"]).convert("RGB"))
+        rgb = np.array(Image.open(split_dir / "images" / image["file_name"]).convert("RGB"))  # writable: torchvision warns otherwise
         masks = [mask_utils.decode(a["segmentation"]).astype(bool) for a in anns.get(image["id"], [])]
         out.append((rgb, masks))
     return out
