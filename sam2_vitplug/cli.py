@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 # Subcommands that live next to their code: each module defines
 # ``register(subparsers: argparse._SubParsersAction) -> None`` which adds its parser(s) and
 # sets ``func`` (a callable taking the parsed args and returning an exit code).
-SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplug.heads.cli", "training_ext.export_cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplug.heads.cli", "training_ext.export_cli",
+                                       "sam2_vitplug.features_cli")
 
 
 def default_device() -> str:
@@ -56,6 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .encoders import get_family, list_encoder_types, list_presets
     from .encoders.registry import ENTRY_POINT_GROUP
+    from .sam2_presets import SAM2_PRESETS
 
     owners = {ep.name: (ep.dist.name if ep.dist else "?") for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
     info = {
@@ -68,11 +70,14 @@ def cmd_info(args: argparse.Namespace) -> int:
             for n in list_encoder_types()
         ],
         "presets": [
-            {"name": p.name, "type": p.encoder_type, "hf_id": p.hf_id, "patch": p.patch_size,
+            {"name": p.name, "type": p.encoder_type, "hf_id": p.hf_id or f"(packaged: {p.package_file})",
+             "patch": p.patch_size,
              "width": p.hidden_size, "blocks": p.arch.get("num_hidden_layers"),
              "registers": p.arch.get("num_register_tokens", 0), "native_px": p.native_size}
             for p in list_presets()
         ],
+        "models": [{"name": m.name, "config": m.config, "weights": m.weights, "summary": m.summary}
+                   for m in SAM2_PRESETS.values()],
         "configs": _config_names(),
     }
     if args.json:
@@ -86,6 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\npresets:")
     print(_table([[p["name"], p["type"], p["patch"], p["width"], p["blocks"], p["registers"], p["native_px"], p["hf_id"]]
                   for p in info["presets"]], ["name", "type", "patch", "width", "blocks", "registers", "native px", "hub id"]))
+    print("\npackaged SAM2 models (build_sam2_vit(name) loads config + weights; --sam2-config name):")
+    print(_table([[m["name"], m["config"], m["summary"]] for m in info["models"]], ["name", "config", "what"]))
     for source, names in info["configs"].items():
         print(f"\nconfigs from {source} (pass to build_sam2 by name):")
         print("  " + "\n  ".join(names))

@@ -314,6 +314,15 @@ def test_cli_memory_run_eval(colorhist, shapes, tmp_path, capsys):
                  str(tmp_path / "res.json"), "--eval", "--vis", "1", "--quiet", "--device", "cpu"]) == 0
     stats = json.loads((tmp_path / "res.eval.json").read_text())
     assert stats["segm"]["AP"] >= 0.9 and (tmp_path / "res_vis" / "1.png").is_file()
+    # --vis-min-score above every score draws nothing: the overlay is the image itself (the default draws)
+    assert main(["fewshot", "run", "--bank", str(tmp_path / "bank.safetensors"), "--images", str(val / "images"),
+                 "--ann", str(val / "annotations.json"), "--proposals", "ground_truth", "--out",
+                 str(tmp_path / "hi.json"), "--vis", "1", "--vis-min-score", "2", "--quiet", "--device", "cpu"]) == 0
+    from PIL import Image
+
+    image = np.asarray(Image.open(val / "images" / "000001.jpg").convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "hi_vis" / "1.png")), image)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "res_vis" / "1.png")), image)
     assert main(["fewshot", "eval", "--ann", str(val / "annotations.json"), "--results", str(tmp_path / "res.json"),
                  "--bank", str(tmp_path / "bank.safetensors"), "--out", str(tmp_path / "eval2.json")]) == 0
     assert json.loads((tmp_path / "eval2.json").read_text()) == stats

@@ -156,3 +156,13 @@ def test_random_init_matcher_is_reproducible(tiny_models):
     assert all(torch.equal(x, y) for x, y in zip(a.vit.state_dict().values(), b.vit.state_dict().values()))
     trained = load_matcher(tiny_models["dinov3"])
     assert not all(torch.equal(x, y) for x, y in zip(trained.vit.state_dict().values(), a.vit.state_dict().values()))
+
+
+def test_shared_backbone_refuses_a_transform_avg_trunk(tiny_models):
+    """With transform_avg the trunk's ViT sees K transformed copies, so its tokens are not the image's."""
+    model = build_sam2("sam2_vit_dinov3_s.yaml", ckpt_path=None, device="cpu",
+                       hydra_overrides_extra=tiny_overrides(tiny_models["dinov3"], image_size=SAM2_SIZE,
+                                                            upsample_mode="transform_avg"))
+    with pytest.raises(ValueError, match="transform_avg"):
+        SAM2Proposals(model, points_per_side=4, shared_backbone=True)
+    SAM2Proposals(model, points_per_side=4)  # without sharing it is a valid proposal source

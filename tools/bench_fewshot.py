@@ -2,12 +2,16 @@
 """Benchmark few-shot segmentation at real geometry with random weights.
 
 Per target image, seconds by stage (SAM2 encoder, prompt decoding, matcher encoder, scoring,
-merging), peak memory, and the shared-backbone speed-up (a SAM2 whose trunk is the DINO ViT
+merging), peak memory, the proposal engines side by side (``--engines fast,upstream``, plus
+``--adaptive`` for adaptive prompting; decoded prompts per image are reported), and the
+shared-backbone speed-up (a SAM2 whose trunk is the DINO ViT
 serving scoring too). Also the size of an LVIS-scale bank (1203 classes x 10 shots) against
 storing full token maps. Random weights: timings and sizes only, never accuracy.
 
     python tools/bench_fewshot.py --out bench_fewshot.json            # SAM2 hiera-L 1024 + DINOv2-L/DINOv3-L
     python tools/bench_fewshot.py --points-per-side 16 --images 1 --out quick.json
+    python tools/bench_fewshot.py --encoders dinov2_large --shared-config '' --target-hw 480x640 \
+        --engines fast,upstream --adaptive --images 1 --warmup 0 --out bench_out/fewshot_engines.json
 """
 
 from __future__ import annotations
@@ -73,17 +77,27 @@ def bank_sizes(dim: int, grid: int, classes: int = 1203, shots: int = 10, refere
 
 
 def time_images(predictor, images, device: str, warmup: int) -> dict:
+    """Mean seconds per stage over ``images``, and the peak memory increase of one image
+    (``peak_image_mib``: VmHWM reset before each image, minus the RSS before it; CUDA: allocator)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_trunk import MemProbe
+
+    probe = MemProbe(torch.device(device), True)
     for image in images[:warmup]:
         predictor.predict(image, 0)
     rows = []
     for i, image in enumerate(images):
         sync(device)
+        probe.start()
         t0 = time.perf_counter()
         results = predictor.predict(image, i)
         sync(device)
         total = time.perf_counter() - t0
-        rows.append({**{k: predictor.timings.get(k, 0.0) for k in STAGES}, "total": total, "detections": len(results)})
+        peak = probe.stop().get("peak_mib", float("nan"))
+        rows.append({**{k: predictor.timings.get(k, 0.0) for k in STAGES}, "total": total, "detections": len(results),
+                     "peak_image_mib": peak})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean["peak_image_mib"] = float(max(r["peak_image_mib"] for r in rows))
     mean["merging_share"] = mean["merging"] / mean["total"]
     return mean
 
@@ -121,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sam2-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for both SAM2 builds (e.g. a tiny trunk in tests)")
     parser.add_argument("--image-size", type=int, default=1024, help="target image side")
+    parser.add_argument("--target-hw", default=None, metavar="HxW",
+                        help="target image height x width (default: --image-size square), e.g. 480x640")
+    parser.add_argument("--engines", default="fast", help="comma list of proposal engines: fast, upstream")
+    parser.add_argument("--adaptive", action="store_true", help="also time the fast engine with adaptive prompting")
+    parser.add_argument("--adaptive-start", type=int, default=8, help="first grid side of adaptive prompting")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=2, help="timed target images per setting")
@@ -135,32 +154,60 @@ def main(argv: list[str] | None = None) -> int:
 
     from sam2_vitplug.build import build_sam2_vit
     from sam2_vitplug.encoders import LoadedEncoder
-    from sam2_vitplug.matching import FewShotPredictor, SAM2Proposals, load_config, load_matcher
+    from sam2_vitplug.matching import AdaptiveConfig, FewShotPredictor, Proposals, SAM2Proposals, load_config
+    from sam2_vitplug.matching import load_matcher
     from sam2_vitplug.matching.encoder import HFMatcherEncoder
 
     rng = np.random.default_rng(0)
-    images = [(rng.random((args.image_size, args.image_size, 3)) * 255).astype(np.uint8)
+    if args.target_hw:
+        try:
+            height, width = (int(v) for v in args.target_hw.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--target-hw must look like 480x640, got {args.target_hw!r}") from None
+    else:
+        height = width = args.image_size
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ("fast", "upstream")]
+    if bad or not engines:
+        raise ValueError(f"--engines must list fast and/or upstream, got {args.engines!r}")
+    images = [(rng.random((height, width, 3)) * 255).astype(np.uint8)
               for _ in range(max(args.images, args.warmup))]
     cfg = load_config({"proposals": {"points_per_side": args.points_per_side, "points_batch": args.points_batch}})
     report = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "args": vars(args), "settings": {}, "bank": {}}
+              "args": vars(args), "settings": {}, "bank": {},
+              "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
     print(f"building {args.sam2_config} (random weights) on {device} ...", file=sys.stderr)
+    torch.manual_seed(0)  # the same random SAM2 weights every run (adaptive prompting depends on its masks)
     sam2 = build_sam2_vit(args.sam2_config, None, device=device, hydra_overrides_extra=args.sam2_override)
-    source = SAM2Proposals(sam2, points_per_side=args.points_per_side, points_batch=args.points_batch,
-                           iou_thr=cfg.proposals.iou_thr)
+    variants = [(e, None) for e in engines] + ([("fast", AdaptiveConfig(start=args.adaptive_start))] if args.adaptive else [])
+    sources = {f"{e}{'+adaptive' if a else ''}": SAM2Proposals(
+        sam2, points_per_side=args.points_per_side, points_batch=args.points_batch, iou_thr=cfg.proposals.iou_thr,
+        engine=e, adaptive=a) for e, a in variants}
     for name in [e for e in args.encoders.split(",") if e]:
         matcher = load_matcher(name, device=device, random_init=True)
-        predictor = FewShotPredictor(random_bank(matcher, args.classes, 10), source, matcher, cfg)
-        print(f"timing hiera + {name} ...", file=sys.stderr)
-        report["settings"][f"{Path(args.sam2_config).stem}+{name}"] = time_images(predictor, images[:args.images],
-                                                                                  device, args.warmup)
+        bank = random_bank(matcher, args.classes, 10)
+        # first-call costs of both image encoders (allocations, kernels) stay out of every setting
+        next(iter(sources.values())).predictor.set_image(images[0])
+        FewShotPredictor(bank, next(iter(sources.values())), matcher, cfg).target_features(
+            images[0], Proposals(torch.zeros(0, 1, 1), torch.zeros(0, 4), torch.zeros(0), images[0].shape[:2],
+                                 lambda idx: None))
+        for label, source in sources.items():
+            predictor = FewShotPredictor(bank, source, matcher, cfg)
+            print(f"timing hiera + {name} ({label} proposals) ...", file=sys.stderr)
+            key = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(sources) > 1 else "")
+            report["settings"][key] = time_images(predictor, images[:args.images], device, args.warmup)
+            report["settings"][key]["decoded_prompts"] = source.stats.get("decoded_prompts")
         dim, grid = int(matcher.vit.config.hidden_size), matcher.input_size // matcher.patch_size
         report["bank"][name] = bank_sizes(dim, grid)
         del matcher, predictor
-    del sam2, source
+    if "upstream" in sources and "fast" in sources:
+        settings = report["settings"]
+        report["engine_speedup"] = {k.removesuffix(":fast"): settings[k.replace(":fast", ":upstream")]["total"]
+                                    / settings[k]["total"] for k in settings if k.endswith(":fast")}
+    del sam2, sources
 
     if args.shared_config:
         print(f"building {args.shared_config} (random, frozen ViT) ...", file=sys.stderr)
@@ -189,15 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     report["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
                                 else peak_rss_mb())
     report["peak_memory_kind"] = "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    header = ["setting", *STAGES, "total", "merge %", "dets"]
+    header = ["setting", *STAGES, "total", "merge %", "dets", "peak MiB", "prompts"]
     rows = [[k, *(f"{v[s]:.3f}" for s in STAGES), f"{v['total']:.3f}", f"{100 * v['merging_share']:.2f}",
-             f"{v['detections']:.0f}"] for k, v in report["settings"].items()]
+             f"{v['detections']:.0f}", f"{v['peak_image_mib']:.0f}",
+             "-" if v.get("decoded_prompts") is None else f"{v['decoded_prompts']:.0f}"]
+            for k, v in report["settings"].items()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(f"\nseconds per image on {device} ({report['torch_threads']} threads), "
-          f"{args.points_per_side}x{args.points_per_side} points, {args.image_size}px")
+          f"{args.points_per_side}x{args.points_per_side} points, {height}x{width} px targets, load average "
+          f"{report['loadavg_start']} -> {report['loadavg_end']}")
+    for key, ratio in report.get("engine_speedup", {}).items():
+        print(f"{key}: fast proposal engine {ratio:.2f}x faster per image than upstream's (end to end)")
     for name, b in report["bank"].items():
         print(f"bank {name}: {b['classes']}x{b['shots']} x {b['dim']}: {b['bank_bytes'] / 2**20:.1f} MiB vs 37x37 token "
               f"maps {b['token_map_bytes'] / 2**30:.1f} GiB -> {b['ratio']:.0f}x smaller; vs its own "

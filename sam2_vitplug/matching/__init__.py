@@ -10,13 +10,15 @@ from .config import load_config
 from .encoder import HFMatcherEncoder, MatcherEncoder, load_matcher
 from .evaluation import evaluate, format_summary
 from .pipeline import FewShotPredictor
+from .adaptive import AdaptiveConfig
+from .decoder_engine import FastMaskDecoder
 from .proposals import GroundTruthProposals, ProposalSource, Proposals, SAM2Proposals, make_proposal_source
 from .references import Reference, SampleReport, sample_references, sam2_box_prompter
 from .runner import ImageEntry, dist_info, images_from_coco, images_from_folder, run_images
 from .scoring import assign_labels, class_nms, class_similarity, soft_merge
 
 __all__ = [
-    "FewShotPredictor", "GroundTruthProposals", "HFMatcherEncoder", "ImageEntry", "MatcherEncoder", "MemoryBank",
+    "AdaptiveConfig", "FastMaskDecoder", "FewShotPredictor", "GroundTruthProposals", "HFMatcherEncoder", "ImageEntry", "MatcherEncoder", "MemoryBank",
     "ProposalSource", "Proposals", "Reference", "SAM2Proposals", "SampleReport", "assign_labels", "build_bank",
     "class_nms", "class_similarity", "dist_info", "evaluate", "format_summary", "images_from_coco",
     "images_from_folder", "load_bank", "load_config", "load_matcher", "make_proposal_source", "run_images",

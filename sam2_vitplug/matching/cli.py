@@ -62,8 +62,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import FewShotPredictor, GroundTruthProposals, SAM2Proposals, evaluate, format_summary, load_bank
+    from . import FewShotPredictor, GroundTruthProposals, evaluate, format_summary, load_bank
     from . import load_config, load_matcher
+    from .proposals import adaptive_from_config, sam2_proposals_from_config
     from .io import atomic_write_json, load_coco_json, load_rgb
     from .runner import dist_info, images_from_coco, images_from_folder, run_images
 
@@ -74,6 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.shared_backbone:
         overrides.append("proposals.shared_backbone=true")
+    if args.engine is not None:
+        overrides.append(f"proposals.engine={args.engine}")
+    if args.adaptive:
+        overrides.append("proposals.adaptive.enabled=true")
+    if args.hr_transforms is not None:
+        overrides.append(f"scoring.hr_transforms={args.hr_transforms}")
     cfg = load_config(overrides)
     if args.eval and not args.ann:
         raise ValueError("--eval needs --ann (the COCO json of the target images)")
@@ -83,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     images = images_from_coco(coco) if coco else images_from_folder(args.images)
     if cfg.proposals.source == "ground_truth" and coco is None:
         raise ValueError("proposals.source=ground_truth needs --ann")
+    if cfg.proposals.source == "sam2":
+        adaptive_from_config(cfg.proposals)  # bad engine / adaptive settings fail before any work
     bank = load_bank(args.bank)
     device = _device(args)
     info = dist_info(device)
@@ -99,9 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = GroundTruthProposals(coco)
     elif cfg.proposals.source == "sam2":
         p = cfg.proposals
-        source = SAM2Proposals(_build_sam2(args, device), points_per_side=p.points_per_side,
-                               points_batch=p.points_batch, iou_thr=p.iou_thr, multimask=p.multimask,
-                               shared_backbone=p.shared_backbone)
+        source = sam2_proposals_from_config(_build_sam2(args, device), p)
         if p.shared_backbone:
             source.check_same_weights(matcher)
     else:
@@ -118,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         names = dict(zip(bank.class_ids, bank.class_names))
         for entry in images[: args.vis]:
             write_overlay(Path(vis_dir) / f"{entry.image_id}.png", load_rgb(Path(args.images) / entry.file_name),
-                          [r for r in results if r["image_id"] == entry.image_id], names)
+                          [r for r in results if r["image_id"] == entry.image_id and r["score"] >= args.vis_min_score],
+                          names)
         print(f"overlays of {min(args.vis, len(images))} images in {vis_dir}/")
     if args.eval:
         stats = evaluate(coco, results, bank.class_ids)
@@ -187,10 +195,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--iou-thr", type=float, default=None)
     run.add_argument("--top-k", type=int, default=None)
     run.add_argument("--shared-backbone", action="store_true", help="SAM2's ViT tokens also serve scoring")
+    run.add_argument("--engine", choices=("fast", "upstream"), default=None,
+                     help="SAM2 prompt decoding: fast (exact reordered decoder, default) or upstream's "
+                          "(config: proposals.engine)")
+    run.add_argument("--adaptive", action="store_true",
+                     help="adaptive prompting: coarse grid first, then only uncovered grid points "
+                          "(config: proposals.adaptive.*)")
+    run.add_argument("--hr-transforms", type=int, default=None, metavar="K",
+                     help="pool target features from K-transform-averaged maps at the low-res mask grid "
+                          "(config: scoring.hr_transforms; 0 = off)")
     run.add_argument("--out", required=True, help="COCO results json")
     run.add_argument("--eval", action="store_true", help="evaluate against --ann when done")
     run.add_argument("--eval-out", default=None, help="summary JSON (default: <out>.eval.json)")
     run.add_argument("--vis", type=int, default=0, metavar="N", help="write overlay PNGs of the first N images")
+    run.add_argument("--vis-min-score", type=float, default=0.3, metavar="S",
+                     help="overlays draw detections scoring at least S (default 0.3; results keep all)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     common(run)
     run.set_defaults(func=cmd_run)

@@ -4,19 +4,28 @@ A :class:`ProposalSource` maps an image to :class:`Proposals`: soft masks on a l
 grid covering the whole image (what scoring and merging use), boxes, predicted IoUs, and a
 way to render only the few kept masks at full resolution. Sources: ``sam2`` (point-grid
 prompts through SAM2's prompt encoder and mask decoder) and ``ground_truth`` (the COCO masks
-of the image, to test scoring alone). A faster decoding engine can replace ``sam2`` later
-without touching scoring.
+of the image, to test scoring alone).
+
+``sam2`` decodes with one of two engines: ``fast`` (default, :mod:`.decoder_engine`: upstream
+weights, same outputs within float32 reassociation, no per-prompt copies of the image
+embedding, upscaling only for kept prompts) or ``upstream`` (upstream's ``MaskDecoder`` call,
+kept for comparison). Optional adaptive prompting (:mod:`.adaptive`) decodes a subset of the
+grid. Only 256 px low-res logits are kept per proposal; full resolution is rendered for the
+final detections alone.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
+from .adaptive import AdaptiveConfig, adaptive_decode
+from .decoder_engine import FastMaskDecoder
 from .features import masks_to_grid
 from .references import decode_segmentation
 
@@ -36,6 +45,7 @@ class Proposals:
         image_size: ``(H, W)`` of the image.
         render: ``indices (k,) -> (k, H, W)`` bool full-resolution masks.
         features: optional ``(C, h', w')`` target features computed on the way (shared backbone).
+        stats: counts of the source (``decoded_prompts``, ``kept``, adaptive ``rounds``/``coverage``).
     """
 
     lowres: torch.Tensor
@@ -44,6 +54,7 @@ class Proposals:
     image_size: tuple[int, int]
     render: Callable[[torch.Tensor], torch.Tensor]
     features: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.iou.shape[0])
@@ -106,13 +117,21 @@ def point_grid(points_per_side: int, height: int, width: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
 
 
+ENGINES = ("fast", "upstream")
+
+
 class SAM2Proposals:
-    """Point-grid proposals from a SAM2 model (upstream prompt encoder and mask decoder).
+    """Point-grid proposals from a SAM2 model (its prompt encoder and mask decoder).
 
     Each point is one prompt; prompts run in batches of ``points_batch``; of the multimask
     outputs the one with the best predicted IoU is kept, and masks below ``iou_thr`` dropped.
     Only the 256 px low-res logits are kept; full-resolution masks are rendered for the final
     detections alone.
+
+    ``engine``: ``fast`` (:class:`~.decoder_engine.FastMaskDecoder`, the default) or
+    ``upstream`` (upstream ``MaskDecoder`` call, the reference). ``adaptive``: an
+    :class:`~.adaptive.AdaptiveConfig` to decode only part of the grid (None: the full grid).
+    ``stats`` holds the counts of the last image (``decoded_prompts``, ``kept``, ...).
 
     With ``shared_backbone=True`` the SAM2 trunk must be a ``ViTTrunkMultiScale``: its ViT's
     last-layer patch tokens are captured during the image forward and returned as
@@ -122,11 +141,19 @@ class SAM2Proposals:
     name = "sam2"
 
     def __init__(self, model: torch.nn.Module, *, points_per_side: int = 32, points_batch: int = 64,
-                 iou_thr: float = 0.4, multimask: bool = True, shared_backbone: bool = False) -> None:
+                 iou_thr: float = 0.4, multimask: bool = True, shared_backbone: bool = False,
+                 engine: str = "fast", adaptive: AdaptiveConfig | None = None) -> None:
         from ..build import make_image_predictor
 
         if points_per_side < 1 or points_batch < 1:
             raise ValueError(f"points_per_side and points_batch must be >= 1, got {points_per_side}, {points_batch}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown proposal engine {engine!r}; choose one of {', '.join(ENGINES)} "
+                             "(proposals.engine)")
+        if adaptive is not None and not isinstance(adaptive, AdaptiveConfig):
+            raise TypeError(f"adaptive must be an AdaptiveConfig or None, got {type(adaptive).__name__}")
+        if adaptive is not None:
+            adaptive.check(points_per_side)
         self.model = model
         self.predictor = make_image_predictor(model)
         self.points_per_side = points_per_side
@@ -134,12 +161,21 @@ class SAM2Proposals:
         self.iou_thr = iou_thr
         self.multimask = multimask
         self.shared_backbone = shared_backbone
+        self.engine = engine
+        self.adaptive = adaptive
+        self.fast = FastMaskDecoder(model) if engine == "fast" else None
         self.timings: dict[str, float] = {}
+        self.stats: dict[str, float] = {}
         self._captured: dict[str, torch.Tensor] = {}
         if shared_backbone:
             trunk = model.image_encoder.trunk
             if not hasattr(trunk, "vit") or not hasattr(trunk, "num_prefix_tokens"):
                 raise ValueError(f"shared_backbone needs a ViTTrunkMultiScale SAM2 trunk, got {type(trunk).__name__}")
+            if getattr(trunk, "hr_transforms", None) is not None:
+                # the ViT then runs on K shifted/flipped copies: its first batch item is not the image
+                raise ValueError("shared_backbone needs a trunk with upsample_mode bilinear or deconv; this one uses "
+                                 "transform_avg (its ViT sees transformed copies). Drop --shared-backbone, or build "
+                                 "SAM2 with ++model.image_encoder.trunk.upsample_mode=bilinear")
             if not getattr(trunk, "freeze_vit", False):
                 logger.warning("shared_backbone with a trunk whose ViT is not frozen: scores use its current weights")
             trunk.vit.register_forward_pre_hook(self._capture_input, with_kwargs=True)
@@ -181,7 +217,8 @@ class SAM2Proposals:
     # ---- proposals -------------------------------------------------------------------------
     @torch.inference_mode()
     def _decode(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 2)`` points in model input coordinates -> best ``(B, 256, 256)`` logits and ``(B,)`` IoU.
+        """Upstream engine: ``(B, 2)`` points in model input coordinates -> best ``(B, 256, 256)``
+        logits and ``(B,)`` IoU.
 
         The prompt-encoder/mask-decoder calls of upstream ``SAM2ImagePredictor._predict``
         without its full-resolution upsampling, which would materialise B x 3 x H x W floats."""
@@ -197,26 +234,59 @@ class SAM2Proposals:
         pick = torch.arange(len(best), device=best.device)
         return low[pick, best].float(), iou[pick, best].float()
 
-    def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
-        import time
+    def _decoder(self) -> Callable[[torch.Tensor, float | None], tuple[torch.Tensor, torch.Tensor]]:
+        """``(points (B, 2) in model input pixels, thr)`` -> ``(K, 256, 256)`` logits and ``(K,)``
+        IoUs of the masks with IoU >= thr (None: all), for the chosen engine; the image must be
+        set on ``self.predictor``."""
+        if self.fast is None:
+            def upstream(points: torch.Tensor, thr: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                low, iou = self._decode(points)
+                if thr is None:
+                    return low, iou
+                keep = iou >= thr
+                return low[keep], iou[keep]
 
+            return upstream
+        feats = self.predictor._features
+        high_res = [f[-1:] for f in feats["high_res_feats"]] or None
+        ctx = self.fast.prepare(feats["image_embed"][-1:], high_res)
+
+        def fast(points: torch.Tensor, thr: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+            low, iou, _ = self.fast.best_masks(ctx, points[:, None], labels, multimask_output=self.multimask,
+                                               iou_thr=thr)
+            return low.float(), iou.float()
+
+        return fast
+
+    def _batched(self, decode: Callable, points: torch.Tensor, thr: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, ious = [], []
+        for start in range(0, len(points), self.points_batch):
+            low, iou = decode(points[start:start + self.points_batch], thr)
+            logits.append(low)
+            ious.append(iou)
+        return torch.cat(logits), torch.cat(ious)
+
+    def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
         height, width = image.shape[:2]
         t0 = time.perf_counter()
         self.predictor.set_image(image)
         t1 = time.perf_counter()
+        grid = point_grid(self.points_per_side, height, width)
         points = self.predictor._transforms.transform_coords(
-            torch.from_numpy(point_grid(self.points_per_side, height, width)).to(self.predictor.device),
-            normalize=True, orig_hw=(height, width))
-        logits, ious = [], []
-        for start in range(0, len(points), self.points_batch):
-            low, iou = self._decode(points[start:start + self.points_batch])
-            keep = iou >= self.iou_thr
-            logits.append(low[keep])
-            ious.append(iou[keep])
-        logits_t = torch.cat(logits).clamp(-32.0, 32.0)
-        iou_t = torch.cat(ious)
+            torch.from_numpy(grid).to(self.predictor.device), normalize=True, orig_hw=(height, width))
+        decode = self._decoder()
+        if self.adaptive is None:
+            logits_t, iou_t = self._batched(decode, points, self.iou_thr)
+            stats = {"decoded_prompts": float(len(points))}
+        else:
+            logits_t, iou_t, stats = adaptive_decode(
+                lambda idx, thr: self._batched(decode, points[torch.from_numpy(idx).to(points.device)], thr),
+                grid, self.points_per_side, height, width, self.adaptive, self.iou_thr)
+        logits_t = logits_t.clamp(-32.0, 32.0)
         t2 = time.perf_counter()
         self.timings = {"sam2_encoder": t1 - t0, "prompt_decoding": t2 - t1}
+        self.stats = {**stats, "kept": float(len(iou_t))}
         features = self._shared_features() if self.shared_backbone else None
         lowres = torch.sigmoid(logits_t)
         transforms = self.predictor._transforms
@@ -227,7 +297,35 @@ class SAM2Proposals:
                 return torch.zeros(0, height, width, dtype=torch.bool)
             return (transforms.postprocess_masks(sel[:, None], (height, width))[:, 0] > 0).cpu()
 
-        return Proposals(lowres, boxes_from_masks(lowres, (height, width)), iou_t, (height, width), render, features)
+        return Proposals(lowres, boxes_from_masks(lowres, (height, width)), iou_t, (height, width), render, features,
+                         dict(self.stats))
+
+
+def adaptive_from_config(proposals: Any) -> AdaptiveConfig | None:
+    """The :class:`~.adaptive.AdaptiveConfig` of a ``proposals`` config section (None when off),
+    checked: a bad engine or adaptive setting raises ``ValueError`` before any model is built."""
+    p = proposals
+    if str(p.engine) not in ENGINES:
+        raise ValueError(f"proposals.engine={p.engine!r} is not one of {', '.join(ENGINES)}; "
+                         "use --engine fast (default) or --engine upstream")
+    if not p.adaptive.enabled:
+        return None
+    cover_iou = p.adaptive.cover_iou
+    adaptive = AdaptiveConfig(start=int(p.adaptive.start), min_gain=float(p.adaptive.min_gain),
+                              max_area=float(p.adaptive.max_area),
+                              cover_iou=None if cover_iou is None else float(cover_iou),
+                              cover_stability=float(p.adaptive.cover_stability))
+    adaptive.check(int(p.points_per_side))
+    return adaptive
+
+
+def sam2_proposals_from_config(model: torch.nn.Module, proposals: Any) -> SAM2Proposals:
+    """:class:`SAM2Proposals` from the ``proposals`` section of ``configs/matching/fewshot.yaml``."""
+    p = proposals
+    adaptive = adaptive_from_config(p)
+    return SAM2Proposals(model, points_per_side=int(p.points_per_side), points_batch=int(p.points_batch),
+                         iou_thr=float(p.iou_thr), multimask=bool(p.multimask), shared_backbone=bool(p.shared_backbone),
+                         engine=str(p.engine), adaptive=adaptive)
 
 
 def make_proposal_source(name: str, **kwargs: Any) -> ProposalSource:
@@ -237,4 +335,3 @@ def make_proposal_source(name: str, **kwargs: Any) -> ProposalSource:
     if name == "ground_truth":
         return GroundTruthProposals(**kwargs)
     raise ValueError(f"unknown proposal source {name!r}; choose 'sam2' or 'ground_truth'")
-
