@@ -17,7 +17,6 @@ storing full token maps. Random weights: timings and sizes only, never accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -261,12 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     w = report["merging_worst_case_s"]
     print(f"soft merging, all {w['masks']} masks kept: {w['seconds']:.3f} s; peak memory {report['peak_memory_mb']:.0f} MB "
           f"({report['peak_memory_kind']})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    from sam2_vitplug.matching.io import atomic_write_json
+
+    atomic_write_json(args.out, report, indent=2)
+    print(f"wrote {args.out}")
     return 0
 
 

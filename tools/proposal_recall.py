@@ -232,12 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(f"{ref['instances']} instances on {ref['images']} images; model {model_info['config']} "
           f"({model_info['checkpoint']})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    from sam2_vitplug.matching.io import atomic_write_json
+
+    atomic_write_json(args.out, report, indent=2)
+    print(f"wrote {args.out}")
     return 0
 
 
