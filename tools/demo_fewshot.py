@@ -60,7 +60,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int =
     from make_synthetic_dataset import DatasetSpec, make_dataset
 
     from sam2_vitplug.matching import evaluate, format_summary
-    from sam2_vitplug.matching.io import atomic_write_json
+    from sam2_vitplug.matching.io import atomic_write_bytes, atomic_write_json
 
     if shots < 1 or refs < 1 or targets < 1 or points_per_side < 1:
         raise ValueError(f"shots, refs, targets and points_per_side must be >= 1, got {shots}, {refs}, {targets}, "
@@ -114,9 +114,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int =
     lines += [f"| {names[c]} | {per_class['segm'][c]:.3f} | {per_class['bbox'][c]:.3f} |" for c in sorted(names)]
     lines += ["", f"{summary['s_per_image']:.2f} s per image (the whole `fewshot run`, model build included, "
                   f"/ {targets} images, {device})", ""]
-    tmp = out / "summary.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out / "summary.md")
+    atomic_write_bytes(out / "summary.md", "\n".join(lines).encode())
     print("\n".join(lines))
     print(f"overlays: {out / 'results_vis'}/  summary: {out / 'summary.json'}")
     return summary

@@ -55,9 +55,9 @@ def _export(ckpt: Path, out_dir: Path) -> tuple[Path, int]:
 
 
 def _write_card(out_dir: Path, card: dict) -> None:
-    tmp = out_dir / "card.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, out_dir / "card.json")
+    from sam2_vitplug.matching.io import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(out_dir / "card.json", card, indent=2)
     fs = card.get("fewshot") or {}
     lines = [
         "# sam2_vit_demo: a small SAM 2 with a DINOv2-architecture ViT trunk, trained on synthetic shapes",
@@ -108,9 +108,7 @@ def _write_card(out_dir: Path, card: dict) -> None:
             f"{fs['s_per_image']:.2f} s per image on CPU.",
             "",
         ]
-    tmp = out_dir / "MODEL_CARD.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out_dir / "MODEL_CARD.md")
+    atomic_write_bytes(out_dir / "MODEL_CARD.md", "\n".join(lines).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,11 +135,12 @@ def packaged_path(relative: str) -> Path:
 
 def _load_packaged(preset: EncoderPreset) -> nn.Module:
     """Build ``preset.arch`` and load its tensors (under ``key_prefix``) from the packaged safetensors."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import AutoConfig
 
     path = packaged_path(preset.package_file)
-    state = {k[len(preset.key_prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(preset.key_prefix)}
+    with safe_open(str(path), framework="pt") as f:  # read only this encoder's tensors, not the whole model
+        state = {k[len(preset.key_prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(preset.key_prefix)}
     model = _from_config(AutoConfig.for_model(preset.model_type, **dict(preset.arch)))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
