@@ -39,12 +39,16 @@ class EncoderFamily:
         forward_kwargs: extra keyword arguments for ``model(pixel_values, ...)``.
         meta_pos_interp_model_types: model types whose checkpoints were trained with Meta's
             DINOv2 position-embedding interpolation (see ``encoders/pos_embed.py``).
-        meta_checkpoint: whether a Meta-format ``.pth`` can be converted (and was verified).
+        meta_checkpoint: whether Meta-format checkpoints of this family are converted (each
+            conversion is verified against Meta's own outputs, tests/test_meta_reference.py).
         upstream: True for ``hiera``: the upstream SAM2 trunk, left untouched.
         unused_params: parameter-name prefixes the trunk's forward never uses (mask tokens
             for masked pre-training, poolers). The trunk sets ``requires_grad=False`` on them so
             DDP sees no unused trainable parameter.
         presets: named weights of this family.
+        train_augmentation_modules: submodules that draw random input augmentations in train
+            mode (DINOv3's RoPE shift/jitter/rescale); the trunk keeps them in eval mode unless
+            its ``train_augmentation`` option is on.
     """
 
     name: str
@@ -59,6 +63,7 @@ class EncoderFamily:
     upstream: bool = False
     unused_params: tuple[str, ...] = ("embeddings.mask_token",)
     presets: tuple[EncoderPreset, ...] = field(default_factory=tuple)
+    train_augmentation_modules: tuple[str, ...] = ()
 
     def accepts(self, model_type: str) -> bool:
         return not self.model_types or model_type in self.model_types
@@ -101,7 +106,9 @@ DINOV3 = EncoderFamily(
     model_types=("dinov3_vit",),
     blocks_path="model.layer",
     norm_path="norm",
+    meta_checkpoint=True,
     presets=DINOV3_PRESETS,
+    train_augmentation_modules=("rope_embeddings",),
 )
 
 IJEPA = EncoderFamily(
@@ -111,6 +118,7 @@ IJEPA = EncoderFamily(
     cls_tokens=0,
     blocks_path="layers",
     forward_kwargs=(("interpolate_pos_encoding", True),),
+    meta_checkpoint=True,
     presets=IJEPA_PRESETS,
 )
 

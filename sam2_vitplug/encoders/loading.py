@@ -17,6 +17,7 @@ from typing import Literal
 from torch import nn
 
 from .families import EncoderFamily
+from .meta_checkpoint import IJepaWeights, has_checkpoint_suffix, split_weights_selector
 from .presets import EncoderPreset
 from .registry import find_preset, get_family, list_encoder_types
 
@@ -24,7 +25,10 @@ logger = logging.getLogger(__name__)
 
 PosInterp = Literal["meta", "hf"]
 SourceKind = Literal["hub", "local", "meta-pth", "random"]
-CHECKPOINT_SUFFIXES = (".pth", ".pt")
+# What the user-facing source lists say about Meta files (help strings, README, `info`).
+META_FORMATS = ("a Meta checkpoint (DINOv2/DINOv3 .pth, I-JEPA .pth.tar; '#encoder' picks I-JEPA's context "
+                "encoder instead of target_encoder)")
+ENCODER_SOURCES_HELP = "preset, hub id, local directory (config.json + weights) or " + META_FORMATS
 
 
 class EncoderNotAvailableError(OSError):
@@ -56,7 +60,7 @@ def _looks_like_path(name: str) -> bool:
     return (
         name.startswith(("/", "./", "../", "~"))
         or name.count("/") > 1
-        or name.endswith(CHECKPOINT_SUFFIXES)
+        or has_checkpoint_suffix(name)
         or os.sep != "/" and os.sep in name
     )
 
@@ -80,6 +84,33 @@ def _family_for(model_type: str, encoder_type: str | None, what: str) -> Encoder
         if family.model_types and model_type in family.model_types:
             return family
     return get_family("vit")
+
+
+def _meta_types() -> list[str]:
+    return [n for n in list_encoder_types() if get_family(n).meta_checkpoint]
+
+
+def _load_meta(path: Path, ijepa_weights: str | None, pos_interp: str) -> tuple[nn.Module, str | None]:
+    """Convert a Meta DINOv2 / DINOv3 / I-JEPA file to its transformers model (family read from the keys)."""
+    from .meta_checkpoint import read_meta_state_dict
+
+    found = read_meta_state_dict(path, ijepa_weights)
+    if found.family.name == "dinov3":
+        from .meta_dinov3 import build_meta_dinov3
+
+        return build_meta_dinov3(found.tensors, path), None
+    if found.family.name == "ijepa":
+        from .meta_ijepa import build_meta_ijepa
+
+        if found.picked and ijepa_weights is None:
+            logger.warning("I-JEPA checkpoint %s: using its '%s' weights (the default, what the paper evaluates; "
+                           "append '#encoder' for the context encoder)", path, found.picked)
+        elif found.picked:
+            logger.info("I-JEPA checkpoint %s: using its '%s' weights", path, found.picked)
+        return build_meta_ijepa(found.tensors, path, found.picked), found.picked
+    from .meta_dinov2 import build_meta_dinov2
+
+    return build_meta_dinov2(found.tensors, path, meta_pos_interp=pos_interp == "meta"), None
 
 
 def _hub_error(hub_id: str, err: Exception) -> EncoderNotAvailableError:
@@ -160,12 +191,15 @@ def load_encoder(
     revision: str | None = None,
     trust_remote_code: bool = False,
     pos_interp: PosInterp = "meta",
+    ijepa_weights: IJepaWeights | None = None,
 ) -> LoadedEncoder:
     """Load a ViT and identify its family.
 
     Args:
         pretrained: a preset name (``dinov2_large``), a hub id (``facebook/dinov2-large``), a
-            local directory with ``config.json`` + weights, or a Meta DINOv2 ``.pth``.
+            local directory with ``config.json`` + weights, or a Meta checkpoint: DINOv2 / DINOv3
+            ``.pth``, I-JEPA ``.pth.tar`` (``path#encoder`` / ``path#target_encoder`` picks one of
+            its encoders). The family of a Meta file is read from its keys.
         encoder_type: the expected family; inferred from ``config.model_type`` when None.
         random_init: build the architecture with random weights (benchmarks, tests). For a
             preset this needs no file at all.
@@ -176,7 +210,15 @@ def load_encoder(
     """
     if pos_interp not in ("meta", "hf"):
         raise ValueError(f"pos_interp must be 'meta' or 'hf', got {pos_interp!r}")
-    name = os.fspath(pretrained)
+    name, selector = split_weights_selector(os.fspath(pretrained))
+    if selector is not None and ijepa_weights is not None and selector != ijepa_weights:
+        raise ValueError(f"'{os.fspath(pretrained)}' selects '{selector}' but ijepa_weights='{ijepa_weights}'; "
+                         "give one of the two")
+    ijepa_weights = ijepa_weights or selector  # type: ignore[assignment]
+    if ijepa_weights is not None and not os.path.isfile(os.path.expanduser(name)):
+        if os.path.exists(os.path.expanduser(name)) or find_preset(name) is not None or not _looks_like_path(name):
+            raise ValueError(f"'{name}' is not a checkpoint file; the I-JEPA weights selector ('#{ijepa_weights}' / "
+                             "ijepa_weights) applies only to an I-JEPA .pth.tar training checkpoint")
     preset = find_preset(name)
     if preset is not None:
         if encoder_type is not None and encoder_type != preset.encoder_type:
@@ -201,32 +243,30 @@ def load_encoder(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"encoder directory '{path}' has no config.json; save the model there with "
-                "model.save_pretrained(dir), or pass a hub id or a Meta .pth file"
+                f"model.save_pretrained(dir), or pass a hub id or {META_FORMATS}"
             )
         model = _load_hf(str(path), random_init=random_init, local=True, revision=None,
                          trust_remote_code=trust_remote_code)
         source, location = ("random" if random_init else "local"), str(path)
     elif os.path.isfile(os.path.expanduser(name)):
         path = Path(name).expanduser()
-        if path.suffix not in CHECKPOINT_SUFFIXES:
+        if not has_checkpoint_suffix(path.name):
             raise ValueError(
-                f"'{path}' is a file but not a .pth/.pt checkpoint; pass a directory with config.json, "
-                "a hub id, a preset name or a Meta DINOv2 .pth"
+                f"'{path}' is a file but not a .pth/.pt/.pth.tar checkpoint; pass a directory with config.json, "
+                f"a hub id, a preset name or {META_FORMATS}"
             )
         if encoder_type is not None and not get_family(encoder_type).meta_checkpoint:
             raise NotImplementedError(
-                f"Meta-format .pth checkpoints are converted only for encoder types whose key mapping is "
-                f"verified against a reference implementation (dino); '{encoder_type}' is not one. "
-                "Convert the weights to a transformers directory (save_pretrained) and pass that directory."
+                f"Meta-format checkpoints are converted only for encoder types whose key mapping is verified "
+                f"against Meta's code ({', '.join(_meta_types())}); '{encoder_type}' is not one. Convert the "
+                "weights to a transformers directory (save_pretrained) and pass that directory."
             )
-        from .meta_dinov2 import load_meta_dinov2
-
-        model = load_meta_dinov2(path, meta_pos_interp=pos_interp == "meta")
-        source, location = "meta-pth", str(path)
+        model, picked = _load_meta(path, ijepa_weights, pos_interp)
+        source, location = "meta-pth", str(path) + (f"#{picked}" if picked else "")
     elif _looks_like_path(name):
         raise FileNotFoundError(
-            f"encoder path '{name}' does not exist; pass an existing directory with config.json, a Meta .pth "
-            "file, a hub id (org/name) or a preset name (sam2-vitplug info lists them)"
+            f"encoder path '{name}' does not exist; pass an existing directory with config.json, {META_FORMATS}, "
+            "a hub id (org/name) or a preset name (sam2-vitplug info lists them)"
         )
     else:
         model = _load_hf(name, random_init=random_init, local=False, revision=revision,
@@ -240,4 +280,7 @@ def load_encoder(
 
         use_meta_pos_interpolation(model.embeddings)
     logger.info("loaded %s encoder '%s' from %s (%s)", family.name, name, location, source)
+    from ..weights_audit import record_weights
+
+    record_weights("encoder", model, location)
     return LoadedEncoder(model=model, family=family, source=source, location=location, preset=preset)

@@ -33,6 +33,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .meta_checkpoint import assign_converted, read_meta_state_dict
+from .meta_checkpoint import sample_keys as _sample_keys
 from .pos_embed import use_meta_pos_interpolation
 
 logger = logging.getLogger(__name__)
@@ -43,9 +45,6 @@ __all__ = ["infer_dinov2_config", "convert_meta_dinov2_state_dict", "load_meta_d
 _HEAD_DIM = 64
 # Meta builds every DINOv2 LayerNorm with eps=1e-6.
 _LAYER_NORM_EPS = 1e-6
-# Wrappers under which training / teacher checkpoints nest the backbone weights.
-_NESTING_KEYS = ("teacher", "model", "state_dict")
-_STRIP_PREFIXES = ("module.", "backbone.")
 _REQUIRED_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 _EXPECTED_LAYOUT = (
     "a DINOv2 checkpoint has 'cls_token', 'pos_embed', 'patch_embed.proj.weight', "
@@ -82,12 +81,6 @@ _TOP_RENAMES = {
     "norm.weight": "layernorm.weight",
     "norm.bias": "layernorm.bias",
 }
-
-
-def _sample_keys(keys: Any, n: int = 8) -> str:
-    keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:n])
-    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)} keys)"
 
 
 def _unchunk(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -249,47 +242,6 @@ def convert_meta_dinov2_state_dict(
     return out
 
 
-def _read_checkpoint(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"DINOv2 checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files (zip, pickle, EOF, ...)
-        detail = str(exc).strip().split(". ")[0][:200]
-        raise ValueError(
-            f"{path} is not a torch checkpoint that torch.load(weights_only=True) can read "
-            f"({type(exc).__name__}: {detail})"
-        ) from exc
-
-
-def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    """Unwrap ``{"teacher"|"model"|"state_dict": {...}}`` and strip ``module.``/``backbone.`` prefixes."""
-    for _ in range(3):
-        if isinstance(obj, Mapping) and not any(k in obj for k in _REQUIRED_KEYS):
-            inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not contain a state dict (got {type(obj).__name__}); {_EXPECTED_LAYOUT}")
-
-    sd: dict[str, Tensor] = {}
-    has_backbone = any(str(k).startswith(("backbone.", "module.backbone.")) for k in obj)
-    for key, value in obj.items():
-        key = str(key)
-        if key.startswith("module."):
-            key = key[len("module.") :]
-        if has_backbone:
-            # Teacher checkpoints also carry dino_head / ibot_head weights; only the backbone is ours.
-            if not key.startswith("backbone."):
-                continue
-            key = key[len("backbone.") :]
-        if not isinstance(value, Tensor):
-            continue
-        sd[key] = value
-    return sd
-
-
 def load_meta_dinov2(path: str | Path, *, meta_pos_interp: bool = True) -> PreTrainedModel:
     """Load a Meta-format DINOv2 ``.pth`` as a transformers ``Dinov2Model`` (or ``Dinov2WithRegistersModel``).
 
@@ -305,7 +257,15 @@ def load_meta_dinov2(path: str | Path, *, meta_pos_interp: bool = True) -> PreTr
             converted weights do not fit the inferred model (missing/unexpected keys listed).
     """
     path = Path(path)
-    sd = _extract_state_dict(_read_checkpoint(path), path)
+    found = read_meta_state_dict(path)
+    if found.family.name != "dino":
+        raise ValueError(f"{path} is a Meta {found.family.title} checkpoint, not DINOv2; load it with "
+                         "sam2_vitplug.encoders.load_encoder, which converts every Meta family")
+    return build_meta_dinov2(found.tensors, path, meta_pos_interp=meta_pos_interp)
+
+
+def build_meta_dinov2(sd: Mapping[str, Tensor], path: Path, *, meta_pos_interp: bool = True) -> PreTrainedModel:
+    """The transformers model of a DINOv2 state dict already read from ``path`` (see :func:`load_meta_dinov2`)."""
     try:
         config = infer_dinov2_config(sd)
         converted = convert_meta_dinov2_state_dict(sd, config)
@@ -320,24 +280,7 @@ def load_meta_dinov2(path: str | Path, *, meta_pos_interp: bool = True) -> PreTr
     config._name_or_path = str(path)
 
     model_cls = Dinov2WithRegistersModel if is_registers else Dinov2Model
-    # Build on the meta device: no random init of (up to 1.1B) parameters that are overwritten anyway.
-    with torch.device("meta"):
-        model = model_cls(config)
-    try:
-        model.load_state_dict(converted, strict=True, assign=True)
-    except RuntimeError as exc:
-        expected = set(model.state_dict().keys())
-        missing = sorted(expected - converted.keys())
-        unexpected = sorted(converted.keys() - expected)
-        raise ValueError(
-            f"{path}: converted DINOv2 weights do not fit {model_cls.__name__} "
-            f"(missing: {_sample_keys(missing, 20)}; unexpected: {_sample_keys(unexpected, 20)}; "
-            f"torch: {str(exc).strip().splitlines()[-1][:500]})"
-        ) from exc
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise ValueError(f"{path}: tensors left uninitialised after loading: {_sample_keys(leftover)}")
-    model.eval()
+    model = assign_converted(model_cls, config, converted, path, "DINOv2")
 
     if meta_pos_interp and not is_registers:
         use_meta_pos_interpolation(model.embeddings)
