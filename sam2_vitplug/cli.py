@@ -1,4 +1,6 @@
-"""The ``sam2-vitplug`` command: ``info`` and ``check``."""
+"""sam2-vitplug: Hugging Face ViTs (DINOv2, DINOv3, I-JEPA, ...) as SAM 2's image encoder, with
+few-shot segmentation, high-resolution features and segmentation heads on frozen ViTs.
+Run `sam2-vitplug COMMAND --help` for a command's flags."""
 
 from __future__ import annotations
 
@@ -19,15 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplu
                                        "sam2_vitplug.features_cli")
 
 
-def default_device() -> str:
-    """``cuda`` if available, else ``mps``, else ``cpu`` (DESIGN.md section 6)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+from .devices import default_device, parse_device  # noqa: E402,F401 - re-exported: subcommands import it from here
 
 
 def _version(dist: str) -> str:
@@ -119,7 +113,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.image_size % 16:
             raise ValueError(f"--image-size must be a multiple of 16, got {args.image_size}")
         overrides.append(f"++model.image_size={args.image_size}")
-    device = args.device or default_device()
+    device = parse_device(args.device)
 
     t0 = time.perf_counter()
     model = build_sam2_vit(args.config, args.sam2_ckpt, device=device, hydra_overrides_extra=overrides)
@@ -195,13 +189,68 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default (like ``ArgumentDefaultsHelpFormatter``),
+    unless the text already states it; descriptions keep their line breaks; 120 columns so a
+    subcommand's one-line summary stays on one line."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 30,
+                 width: int | None = None) -> None:
+        import shutil
+
+        super().__init__(prog, indent_increment, max_help_position,
+                         width or max(120, shutil.get_terminal_size((120, 24)).columns - 2))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        default = action.default
+        if isinstance(default, bool) or default is None or default == []:
+            shown = "off" if default is False or action.nargs == 0 else "none"
+        elif isinstance(default, (list, tuple)):
+            shown = " ".join(map(str, default))
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
+
+class HelpParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help shows defaults; subcommand parsers inherit it
+    (``add_subparsers`` builds them with ``type(self)``), so every command gets the same help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("help") is None and kwargs.get("help", "") is not argparse.SUPPRESS:
+            kwargs["help"] = " "  # an empty help hides the line; the formatter appends the default
+        return super().add_argument(*args, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        plain = group.add_argument
+
+        def add_argument(*a, **kw):
+            if kw.get("help") is None:
+                kw["help"] = " "
+            return plain(*a, **kw)
+
+        group.add_argument = add_argument  # type: ignore[method-assign]
+        return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
-    parser = argparse.ArgumentParser(prog="sam2-vitplug", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"sam2-vitplug {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = HelpParser(prog="sam2-vitplug", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sam2-vitplug {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     info = sub.add_parser("info", help="installed encoder types, presets, configs, versions and device")
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -212,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sam2-ckpt", default=None, help="official SAM2 checkpoint to load around the trunk")
     check.add_argument("--pretrained", default=None, help="override the trunk's weights (preset, hub id, dir, .pth)")
     check.add_argument("--random-init", action="store_true", help="random trunk weights of the same architecture")
-    check.add_argument("--image-size", type=int, default=None, help="override model.image_size (multiple of 16)")
+    check.add_argument("--image-size", type=int, default=None,
+                       help="override model.image_size (multiple of 16; default: the config's)")
     check.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override")
-    check.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    check.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
     check.add_argument("--repeats", type=int, default=1, help="timing repeats (best is reported)")
     check.add_argument("--json", action="store_true", help="print JSON instead of tables")
     check.set_defaults(func=cmd_check)
@@ -248,7 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # upstream sam2 calls the deprecated torch.jit.script at import; not actionable for users
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
     try:
+        if getattr(args, "device", None) is not None:  # every command's --device, checked before any work
+            args.device = parse_device(args.device)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - reduced to one line when it is the user's input
         cause = _user_error(err)
         if cause is None or args.verbose:

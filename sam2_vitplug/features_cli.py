@@ -13,8 +13,6 @@ import argparse
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +74,10 @@ def pca_rgb(features: torch.Tensor, max_fit: int = 65536, seed: int = 0) -> np.n
 
 
 def _atomic_save(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .atomic import atomic_target
+
+    with atomic_target(path) as tmp:
+        write(str(tmp))
 
 
 def save_features(path: Path, features: torch.Tensor, metadata: dict[str, Any]) -> None:

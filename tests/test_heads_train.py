@@ -93,18 +93,31 @@ def test_backbone_has_no_graph_and_stays_in_eval(tiny_models, shapes, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["linear", "mask2former"])
-def test_resume_equals_uninterrupted_run(tiny_models, shapes, tmp_path, head):
+def test_rerun_after_interrupt_resumes_and_equals_uninterrupted_run(tiny_models, shapes, tmp_path, head, monkeypatch):
     # with augmentation, so the data order and the augmentation draws must be replayed too
+    import sam2_vitplug.heads.train as train_module
+
     model_cfg, cfg = _configs(tiny_models, shapes, tmp_path / "full", head, epochs=2, warmup_epochs=1, augment=True,
                               save_interval=1)
     train(model_cfg, cfg)
     full_dir = tmp_path / "full" / "ck"
     full = read_checkpoint(full_dir / "last.pt")
-    # epoch_0001.pt is exactly what a run interrupted after its first epoch leaves behind
+    # a Ctrl-C right after the first epoch was saved, then the very same call again
     _, again = _configs(tiny_models, shapes, tmp_path / "resumed", head, epochs=2, warmup_epochs=1, augment=True,
-                        resume_checkpoint=str(full_dir / "epoch_0001.pt"))
-    train(model_cfg, again)
+                        save_interval=1)
+    plot = train_module.plot_history
+
+    def interrupted(history, path):
+        plot(history, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "plot_history", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(model_cfg, again)
     resumed_dir = tmp_path / "resumed" / "ck"
+    assert read_checkpoint(resumed_dir / "last.pt")["epoch"] == 1 and not (resumed_dir / "train.lock").exists()
+    monkeypatch.setattr(train_module, "plot_history", plot)
+    train(model_cfg, again)
     resumed = read_checkpoint(resumed_dir / "last.pt")
     assert resumed["epoch"] == full["epoch"] == 2
     for key, value in full["model"].items():
@@ -115,8 +128,14 @@ def test_resume_equals_uninterrupted_run(tiny_models, shapes, tmp_path, head):
     assert resumed["scheduler"] == full["scheduler"] and resumed["best_miou"] == full["best_miou"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
     assert (resumed_dir / "curves.png").is_file() and len(json.loads((resumed_dir / "history.json").read_text())) == 2
-    with pytest.raises(ValueError, match="trained with num_classes=5"):
-        train(replace(model_cfg, num_classes=6), again)
+    # epoch_N.pt / best.pt hold what inference needs, not the optimizer (2x the head for AdamW)
+    epoch1 = read_checkpoint(full_dir / "epoch_0001.pt")
+    assert "optimizer" not in epoch1 and "scheduler" not in epoch1 and epoch1["epoch"] == 1
+    assert (full_dir / "epoch_0002.pt").stat().st_size < (full_dir / "last.pt").stat().st_size
+    with pytest.raises(ValueError, match="holds only what inference needs.*last.pt"):
+        train(model_cfg, replace(again, resume_checkpoint=str(full_dir / "epoch_0001.pt"),
+                                 checkpoint_dir=str(tmp_path / "other")))
+    assert not (tmp_path / "other").exists()
 
 
 def test_cached_features_train_the_same_head(tiny_models, shapes, tmp_path):

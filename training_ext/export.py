@@ -56,6 +56,9 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        from sam2_vitplug.atomic import file_mode  # the umask's mode, not mkstemp's 0600
+
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

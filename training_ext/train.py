@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -91,11 +89,10 @@ def request_from_args(args: argparse.Namespace) -> LaunchRequest:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from sam2_vitplug.atomic import atomic_target
+
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def launch(cfg, args: argparse.Namespace) -> None:

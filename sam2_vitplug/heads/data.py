@@ -1,6 +1,7 @@
 """Image / class-mask pairs for semantic segmentation: discovery, validation, transforms.
 
-Masks are single-channel PNGs of class ids (mode ``L`` or ``P``); 255 means "ignore".
+Masks are single-channel PNGs of class ids (mode ``L`` or ``P``), paired with images by file
+stem; 255 means "ignore".
 Everything that can be wrong with the inputs is checked by :func:`validate_pairs` before
 any training starts, naming the offending file.
 """
@@ -51,17 +52,44 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
     return out
 
 
+def _by_stem(paths: Sequence[Path], what: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in out:
+            raise ValueError(f"{what}s '{out[path.stem]}' and '{path}' share the name '{path.stem}', so masks cannot be "
+                             "paired with images by name; rename or remove one")
+        out[path.stem] = path
+    return out
+
+
 def pair_paths(image_spec, mask_spec) -> list[tuple[Path, Path]]:
-    """Pair images with masks by sorted order; counts must agree."""
+    """Pair each image with the mask of the same file stem (``a.jpg`` + ``a.png``), in sorted
+    image order; an image without a mask or a mask without an image is an error naming it
+    (sorted order alone would mislabel every pair after one renamed file)."""
     images = expand_paths(image_spec, "images")
     masks = expand_paths(mask_spec, "masks", suffixes=(".png",))
-    if len(images) != len(masks):
-        longer, kind = (images, "image") if len(images) > len(masks) else (masks, "mask")
-        raise ValueError(
-            f"{len(images)} images but {len(masks)} masks; every image needs one mask. First {kind} without a partner "
-            f"(sorted order): '{longer[min(len(images), len(masks))]}'"
-        )
-    return list(zip(images, masks))
+    image_by, mask_by = _by_stem(images, "image"), _by_stem(masks, "mask")
+    lonely_images = [p for s, p in image_by.items() if s not in mask_by]
+    lonely_masks = [p for s, p in mask_by.items() if s not in image_by]
+    if lonely_images or lonely_masks:
+        counts = (f"{len(images)} images and {len(masks)} masks" if len(images) == len(masks)
+                  else f"{len(images)} images but {len(masks)} masks")
+        problems = []
+        if lonely_images:
+            more = f" (and {len(lonely_images) - 1} more images)" if len(lonely_images) > 1 else ""
+            problems.append(f"image '{lonely_images[0]}' has no mask '{lonely_images[0].stem}.png'{more}")
+        if lonely_masks:
+            more = f" (and {len(lonely_masks) - 1} more masks)" if len(lonely_masks) > 1 else ""
+            problems.append(f"mask '{lonely_masks[0]}' has no image '{lonely_masks[0].stem}.*'{more}")
+        raise ValueError(f"{counts}; masks pair with images by file name and {'; '.join(problems)}: every image "
+                         "needs one mask of the same name")
+    return [(image, mask_by[image.stem]) for image in images]
+
+
+def _decode_error(path: Path, what: str, err: BaseException) -> ValueError:
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return ValueError(f"{what} '{path}' cannot be decoded ({reason}): it is truncated or not an image; re-export "
+                      "or remove it (and its pair)")
 
 
 def validate_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int, *, ignore_index: int = IGNORE_INDEX,
@@ -77,16 +105,25 @@ def validate_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int, *, igno
         raise ValueError(f"num_classes must be in 1..255 (255 is the ignore label), got {num_classes}")
     counts = np.zeros(num_classes, np.int64)
     for image_path, mask_path in tqdm(pairs, desc="checking masks", disable=not progress):
-        with Image.open(image_path) as image:
-            image_size = image.size
-        with Image.open(mask_path) as mask_img:
-            if mask_img.mode not in MASK_MODES:
-                raise ValueError(f"mask '{mask_path}' has mode {mask_img.mode}; masks must be single-channel PNGs "
-                                 f"of class ids (mode L or P)")
-            if mask_img.size != image_size:
-                raise ValueError(f"mask '{mask_path}' is {mask_img.size[0]}x{mask_img.size[1]} but its image "
-                                 f"'{image_path}' is {image_size[0]}x{image_size[1]}; they must be the same size")
-            values = np.asarray(mask_img).astype(np.int64)
+        try:  # decode fully: a truncated JPEG opens fine and fails only when its pixels are read
+            with Image.open(image_path) as image:
+                image.load()
+                image_size = image.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise _decode_error(image_path, "image", err) from err
+        try:
+            with Image.open(mask_path) as mask_img:
+                mask_img.load()
+                mode, mask_size = mask_img.mode, mask_img.size
+                values = np.asarray(mask_img).astype(np.int64)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise _decode_error(mask_path, "mask", err) from err
+        if mode not in MASK_MODES:
+            raise ValueError(f"mask '{mask_path}' has mode {mode}; masks must be single-channel PNGs "
+                             f"of class ids (mode L or P)")
+        if mask_size != image_size:
+            raise ValueError(f"mask '{mask_path}' is {mask_size[0]}x{mask_size[1]} but its image "
+                             f"'{image_path}' is {image_size[0]}x{image_size[1]}; they must be the same size")
         found = np.bincount(values.ravel(), minlength=max(num_classes, ignore_index + 1))
         bad = [int(v) for v in np.nonzero(found)[0] if v >= num_classes and v != ignore_index]
         if bad:

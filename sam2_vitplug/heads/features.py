@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -54,15 +53,10 @@ def load_or_compute(path: Path, model, dataset: SegmentationDataset, **kwargs) -
         logger.info("loaded cached features from %s", path)
         return list(data["levels"]), data["labels"]
     levels, labels = compute_features(model, dataset, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    from ..atomic import atomic_target
+
+    with atomic_target(path) as tmp:
         torch.save({"levels": levels, "labels": labels}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return levels, labels
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_target, file_mode
 from .data import IMAGE_SUFFIXES, Normalize
 from .model import SegModel
 
@@ -89,36 +89,36 @@ def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", ov
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], *, alpha: float = 0.5,
-            fps: float | None = None) -> np.ndarray:
+            fps: float | None = None, background: int | None = 0) -> np.ndarray:
     """Blend class colours over the image and append a legend of the classes present
-    (all classes when there are at most 20) on the right; optional FPS caption."""
+    (all classes when there are at most 20) on the right; optional FPS caption. Pixels of
+    class ``background`` keep the image's own colours (None paints every class), so the
+    objects stand out instead of the whole frame being tinted."""
     colors = palette(len(names))
     blended = (rgb.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
+    if background is not None:
+        keep = labels == background
+        blended[keep] = rgb[keep]
     present = range(len(names)) if len(names) <= 20 else sorted(set(np.unique(labels).tolist()))
     row = 16
-    legend_w = 12 + 8 * max(len(str(names[i])) for i in present) + 24
+    legend_w = 12 + 8 * max(len(str(names[i])) + (12 if i == background else 0) for i in present) + 24
     canvas = Image.new("RGB", (rgb.shape[1] + legend_w, max(rgb.shape[0], row * (len(present) + 2))), (255, 255, 255))
     canvas.paste(Image.fromarray(blended), (0, 0))
     draw = ImageDraw.Draw(canvas)
     x0 = rgb.shape[1] + 6
     for k, cls in enumerate(present):
         y = 6 + k * row
-        draw.rectangle([x0, y, x0 + 12, y + 12], fill=tuple(int(c) for c in colors[cls]), outline=(0, 0, 0))
-        draw.text((x0 + 18, y), str(names[cls]), fill=(0, 0, 0))
+        swatch = (255, 255, 255) if cls == background else tuple(int(c) for c in colors[cls])
+        draw.rectangle([x0, y, x0 + 12, y + 12], fill=swatch, outline=(0, 0, 0))
+        draw.text((x0 + 18, y), str(names[cls]) + (" (unpainted)" if cls == background else ""), fill=(0, 0, 0))
     if fps is not None:
         draw.text((x0, canvas.height - row), f"{fps:.1f} FPS", fill=(0, 0, 0))
     return np.asarray(canvas)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, suffix=".png") as tmp:
         Image.fromarray(array).save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def collect_inputs(spec: str | os.PathLike) -> tuple[str, list[Path]]:
@@ -145,7 +145,7 @@ def _sync(device: torch.device) -> None:
 
 
 def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mode: str = "resize",
-                   autocast: torch.dtype | None = None, progress: bool = False) -> dict:
+                   autocast: torch.dtype | None = None, progress: bool = False, background: int | None = 0) -> dict:
     """Write ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image; return
     timings (model time only, file IO excluded)."""
     from tqdm import tqdm
@@ -163,12 +163,13 @@ def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mod
         _sync(device)
         seconds.append(time.perf_counter() - t0)
         _save_png(labels, out_dir / f"{path.stem}_mask.png")
-        _save_png(overlay(rgb, labels, model.config.names, fps=1 / seconds[-1]), out_dir / f"{path.stem}_overlay.png")
+        _save_png(overlay(rgb, labels, model.config.names, fps=1 / seconds[-1], background=background), out_dir / f"{path.stem}_overlay.png")
     return {"images": len(files), "seconds": sum(seconds), "fps": len(seconds) / max(sum(seconds), 1e-9)}
 
 
 def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "resize",
-                  autocast: torch.dtype | None = None, progress: bool = False, max_frames: int | None = None) -> dict:
+                  autocast: torch.dtype | None = None, progress: bool = False, max_frames: int | None = None,
+                  background: int | None = 0) -> dict:
     """Write ``<stem>_overlay.mp4`` with per-frame overlays and the running FPS."""
     import cv2
     from tqdm import tqdm
@@ -196,11 +197,17 @@ def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "re
             _sync(device)
             seconds += time.perf_counter() - t0
             frames += 1
-            shown = overlay(rgb, labels, model.config.names, fps=frames / seconds)
+            shown = overlay(rgb, labels, model.config.names, fps=frames / seconds, background=background)
             if writer is None:
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
                                          (shown.shape[1], shown.shape[0]))
             writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+    except BaseException:  # Ctrl-C or an error mid-video: no half-written file stays
+        if writer is not None:
+            writer.release()
+            writer = None
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         capture.release()
         if writer is not None:
@@ -208,5 +215,6 @@ def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "re
     if frames == 0:
         tmp.unlink(missing_ok=True)
         raise ValueError(f"video '{path}' has no readable frames")
+    os.chmod(tmp, file_mode())
     os.replace(tmp, final)
     return {"frames": frames, "seconds": seconds, "fps": frames / max(seconds, 1e-9), "output": str(final)}

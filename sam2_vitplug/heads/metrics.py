@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,13 +61,7 @@ def metrics_from_confusion(conf: torch.Tensor, class_names: Sequence[str] | None
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
     """Write JSON through a temporary file + ``os.replace``, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..atomic import atomic_target
+
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True))

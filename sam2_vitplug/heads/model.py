@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_target
 from ..encoders import find_preset
 from ..encoders.presets import IMAGENET_MEAN, IMAGENET_STD
 from ..modeling import ViTTrunkMultiScale
@@ -42,6 +42,36 @@ def head_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     if bad:
         raise ValueError(f"head overrides must be key=value (e.g. head.channels=256), got {bad[0]!r}")
     return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+
+
+# constructor arguments the builder sets itself; a --head-opt cannot override them
+_BUILDER_SET = {"self", "in_channels", "num_classes", "pretrained", "encoder_type", "freeze_vit", "random_init",
+                "args", "kwargs"}
+
+
+def check_head_overrides(config: "SegModelConfig") -> None:
+    """Every ``--head-opt section.key=value`` names an argument of the head, the backbone
+    (``ViTTrunkMultiScale``) or the loss, so a typo is one clear line before anything is
+    built rather than a TypeError from the constructor."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = head_config(config.head, config.head_overrides)
+    targets: dict[str, Any] = {"head": get_class(cfg.head._target_), "backbone": ViTTrunkMultiScale}
+    if "loss" in cfg:
+        targets["loss"] = Mask2FormerLoss
+    for override in config.head_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        section, _, name = key.partition(".")
+        name = name.split(".")[0]
+        if section not in targets:
+            raise ValueError(f"--head-opt {override}: '{section}' is not a section of the {config.head} head's config; "
+                             f"use {', '.join(s + '.KEY' for s in targets)}")
+        options = sorted(set(inspect.signature(targets[section].__init__).parameters) - _BUILDER_SET)
+        if name not in options:
+            raise ValueError(f"--head-opt {override}: the {config.head} {section} has no option '{name}'; "
+                             f"options: {', '.join(options)}")
 
 
 @dataclass
@@ -166,23 +196,34 @@ def save_checkpoint(path: str | os.PathLike, model: SegModel, **extra: Any) -> N
     module = model.module if hasattr(model, "module") else model
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(module.config),
                "model": {k: v.detach().cpu() for k, v in module.trainable_state_dict().items()}, **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+CHECKPOINT_KEYS = ("format", "config", "model")
+
+
+def read_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint") -> dict[str, Any]:
+    """Load a ``seg train`` checkpoint (``weights_only``); a missing, empty, truncated or foreign
+    file raises one ValueError/FileNotFoundError line naming it, never torch's traceback."""
     path = Path(path)
+    hint = "pass a last.pt / best.pt / epoch_N.pt written by `sam2-vitplug seg train`"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist; pass a file written by `sam2-vitplug seg train`")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{flag} '{path}' does not exist; {hint}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{flag} '{path}' is empty (0 bytes), probably from an interrupted copy; {hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, IndexError, ...
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{flag} '{path}' ({size} bytes) cannot be read as a torch checkpoint, it is truncated or not "
+                         f"a checkpoint ({type(err).__name__}: {reason}); {hint}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not a segmentation-head checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ValueError(f"{flag} '{path}' is not a segmentation-head checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{flag} '{path}' lacks {missing or 'a valid config/model'}; {hint}")
     return ckpt
 
 

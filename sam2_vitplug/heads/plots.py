@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw
+
+from ..atomic import atomic_target
 
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14)]
 
@@ -59,12 +60,5 @@ def plot_history(history: list[dict], path: str | os.PathLike) -> None:
     ]
     for i, (title, series) in enumerate(panels):
         _panel(draw, (10 + i * 300, 25, 290 + i * 300, height - 10), title, series)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, suffix=".png") as tmp:
         image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,10 +4,12 @@ CPU, NCCL on CUDA)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import Normalize, SegmentationDataset, pair_paths, validate_pairs
 from .features import CachedFeatures, cache_key, load_or_compute
-from .metrics import confusion_matrix, metrics_from_confusion, write_json_atomic
-from .model import SegModel, SegModelConfig, build_seg_model, read_checkpoint, save_checkpoint
+from . import runstate
+from .metrics import IGNORE_INDEX, confusion_matrix, metrics_from_confusion, write_json_atomic
+from .model import SegModel, SegModelConfig, build_seg_model, check_head_overrides, read_checkpoint, save_checkpoint
 from .plots import plot_history
 from .schedule import make_scheduler
 
@@ -40,7 +43,7 @@ class TrainConfig:
     validate: bool = False
     val_fraction: float = 0.1
     epochs: int = 100
-    warmup_epochs: int = 10
+    warmup_epochs: int | None = None  # None: min(10, epochs // 10), which fits any --epochs
     lr: float = 1e-4
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -58,6 +61,12 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    overwrite: bool = False
+
+
+def resolved_warmup(cfg: TrainConfig) -> int:
+    """``--warmup-epochs``, or its default: a tenth of the epochs, at most 10."""
+    return min(10, cfg.epochs // 10) if cfg.warmup_epochs is None else int(cfg.warmup_epochs)
 
 
 class EpochSampler(Sampler[int]):
@@ -158,31 +167,53 @@ def evaluate_loader(model: SegModel, loader: DataLoader, num_classes: int, devic
     return conf
 
 
-def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
-    """Run training; returns the final history entry. All inputs are checked before any
-    file is written."""
-    from tqdm import tqdm
-
-    rank, world, local_rank = _dist_info()
+def _check_numbers(cfg: TrainConfig) -> int:
+    """The numeric flags; returns the resolved warmup."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"--epochs and --batch-size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
-    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
-        raise ValueError(f"--warmup-epochs must be in 0..--epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
+    warmup = resolved_warmup(cfg)
+    if warmup < 0 or warmup > cfg.epochs:
+        raise ValueError(f"--warmup-epochs must be in 0..--epochs ({cfg.epochs}), got {warmup}")
     if cfg.save_interval < 1 or cfg.log_interval < 1:
         raise ValueError("--save-interval and --log-interval must be >= 1")
     if cfg.cache_features and cfg.augment:
         raise ValueError("--cache-features needs augmentation off (drop --augment): augmented images change every epoch")
-    resume = read_checkpoint(cfg.resume_checkpoint) if cfg.resume_checkpoint else None
-    if resume is not None:
-        stored = resume["config"]
-        for key in ("head", "encoder", "num_classes", "image_size", "head_overrides"):
-            if stored[key] != asdict(model_config)[key]:
-                raise ValueError(f"--resume-checkpoint was trained with {key}={stored[key]!r}, this run asks for "
-                                 f"{asdict(model_config)[key]!r}; pass the same settings to resume")
+    out_dir = Path(cfg.checkpoint_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--checkpoint-dir '{out_dir}' is an existing file; pass a folder (it is created if missing)")
+    return warmup
+
+
+def _read_resume(path: str, model_config: SegModelConfig, flag: str = "--resume-checkpoint") -> dict[str, Any]:
+    """A checkpoint to continue from: readable, with optimizer state, of the same model."""
+    resume = read_checkpoint(path, flag)
+    if "optimizer" not in resume or "scheduler" not in resume:
+        raise ValueError(f"{flag} '{path}' holds only what inference needs (best.pt and epoch_N.pt do); resume "
+                         "from the run's last.pt")
+    stored = resume["config"]
+    for key in ("head", "encoder", "num_classes", "image_size", "head_overrides"):
+        if stored.get(key) != asdict(model_config)[key]:
+            raise ValueError(f"{flag} was trained with {key}={stored.get(key)!r}, this run asks for "
+                             f"{asdict(model_config)[key]!r}; pass the same settings to resume")
+    return resume
+
+
+def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
+    """Run training; returns the final history entry. All inputs are checked before any
+    file is written. A rerun in the same ``checkpoint_dir`` resumes from its ``last.pt`` when
+    the fingerprint (settings, data, version) matches and refuses otherwise (``overwrite``
+    starts afresh); ``train.lock`` keeps a second run out while this one runs."""
+    rank, _, _ = _dist_info()
+    warmup = _check_numbers(cfg)
+    check_head_overrides(model_config)
+    resume = _read_resume(cfg.resume_checkpoint, model_config) if cfg.resume_checkpoint else None
 
     # ---- inputs: every check before anything is built or written --------------------------
     pairs = pair_paths(cfg.image_paths, cfg.mask_paths)
     counts = validate_pairs(pairs, model_config.num_classes, progress=cfg.progress and rank == 0)
+    if int(counts.sum()) == 0:
+        raise ValueError(f"every pixel of the {len(pairs)} training masks (first: '{pairs[0][1]}') is "
+                         f"{IGNORE_INDEX} (ignore): there is nothing to learn; check that the masks hold class ids")
     val_pairs: list = []
     if cfg.val_image_paths is not None or cfg.val_mask_paths is not None:
         if cfg.val_image_paths is None or cfg.val_mask_paths is None:
@@ -193,7 +224,32 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
         pairs, val_pairs = _split(pairs, cfg.val_fraction, cfg.seed)
     logger.info("%d training pairs, %d validation pairs; class pixel counts %s", len(pairs), len(val_pairs),
                 counts.tolist())
+    fp = runstate.fingerprint(model_config, cfg, pairs, val_pairs, warmup_epochs=warmup)
+    lists = runstate.listings(pairs, val_pairs)
+    if resume is not None and resume.get("fingerprint") is not None:
+        diffs = runstate.differences(resume["fingerprint"], fp)
+        if diffs:
+            raise ValueError(f"--resume-checkpoint '{cfg.resume_checkpoint}' was trained with other settings "
+                             f"({'; '.join(diffs[:6])}); pass that run's settings to resume it")
+    out_dir = Path(cfg.checkpoint_dir)
+    lock = runstate.RunLock(out_dir) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        found = runstate.resume_point(out_dir, fp, lists, overwrite=cfg.overwrite)
+        if resume is None and found is not None:
+            resume = _read_resume(str(found), model_config, flag="the last.pt in --checkpoint-dir")
+            if rank == 0:
+                print(f"resuming {found} at epoch {int(resume['epoch'])}/{cfg.epochs} (same settings; pass "
+                      "--overwrite to start afresh)", file=sys.stderr)
+        return _train(model_config, cfg, warmup, resume, pairs, val_pairs, fp, lists)
 
+
+def _train(model_config: SegModelConfig, cfg: TrainConfig, warmup: int, resume: dict[str, Any] | None,
+           pairs: list, val_pairs: list, fp: dict[str, Any], lists: dict[str, list]) -> dict[str, Any]:
+    """The run itself, inside the directory lock, after every input check."""
+    from tqdm import tqdm
+
+    rank, world, local_rank = _dist_info()
+    out_dir = Path(cfg.checkpoint_dir)
     # ---- process group, seeds, model -------------------------------------------------------
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
@@ -205,6 +261,14 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_seg_model(model_config, device=device)
+    if rank == 0:
+        if cfg.overwrite:
+            removed = runstate.clear_run(out_dir)
+            if removed:
+                logger.warning("--overwrite: removed %s from %s", ", ".join(removed), out_dir)
+        runstate.write_fingerprint(out_dir, fp, lists)
+    if world > 1:
+        dist.barrier()  # no rank reads the directory's old run after rank 0 cleared it
     if resume is not None:
         missing, unexpected = model.load_state_dict(resume["model"], strict=False)
         if unexpected or [k for k in missing if not k.startswith("trunk.vit.")]:
@@ -234,14 +298,14 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     scheduler = make_scheduler(optimizer, total_steps=cfg.epochs * steps_per_epoch,
-                               warmup_steps=cfg.warmup_epochs * steps_per_epoch, kind=cfg.schedule,
+                               warmup_steps=warmup * steps_per_epoch, kind=cfg.schedule,
                                min_ratio=cfg.min_lr_ratio)
     start_epoch, best, history = 0, -math.inf, []
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         start_epoch, best, history = int(resume["epoch"]), float(resume["best_miou"]), list(resume["history"])
-        logger.info("resumed from %s at epoch %d", cfg.resume_checkpoint, start_epoch)
+        logger.info("resumed at epoch %d", start_epoch)
 
     ddp_model: Any = model
     if world > 1:
@@ -256,13 +320,13 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
                              if world > 1 else None)
                   if val_set is not None else None)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({"model": asdict(model_config), "train": {k: str(v) if isinstance(v, Path) else v
-                                                                     for k, v in asdict(cfg).items()},
+        write_json_atomic({"model": asdict(model_config), "train": {**{k: str(v) if isinstance(v, Path) else v
+                                                                       for k, v in asdict(cfg).items()},
+                                                                    "warmup_epochs": warmup},
                            "world_size": world, "train_pairs": len(pairs), "val_pairs": len(val_pairs)},
                           out_dir / "run_config.json")
 
-    entry: dict[str, Any] = {}
+    entry: dict[str, Any] = dict(history[-1]) if history else {}
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -306,13 +370,15 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
         if improved:
             best = miou
         if rank == 0:
-            state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch + 1,
-                         best_miou=best, history=history)
-            save_checkpoint(out_dir / "last.pt", model, **state)
+            # optimizer/scheduler state (2x the head for AdamW) only where a resume reads it
+            inference = dict(epoch=epoch + 1, best_miou=best,
+                             metrics={k: v for k, v in entry.items() if k != "per_class_iou"})
+            save_checkpoint(out_dir / "last.pt", model, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), history=history, fingerprint=fp, **inference)
             if (epoch + 1) % cfg.save_interval == 0 or epoch + 1 == cfg.epochs:
-                save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pt", model, **state)
+                save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pt", model, **inference)
             if improved:
-                save_checkpoint(out_dir / "best.pt", model, **state)
+                save_checkpoint(out_dir / "best.pt", model, **inference)
             if val_loader is not None:
                 write_json_atomic(entry, out_dir / "metrics" / f"epoch_{epoch + 1:04d}.json")
             write_json_atomic(history, out_dir / "history.json")

@@ -1,14 +1,16 @@
-"""Reading images and COCO files, writing JSON atomically."""
+"""Reading images and COCO files; writing files atomically (temporary name, then rename) with
+the permissions a plain ``open()`` would give (the umask's), not ``mkstemp``'s private 0600."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_target, atomic_write_bytes, file_mode  # noqa: F401 - the writers live there
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -19,8 +21,12 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image '{path}' does not exist; check --images and the file_name in the COCO json")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated (OSError), unidentified, corrupt chunks
+        raise ValueError(f"image '{path}' cannot be decoded ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+                         "it is truncated or not an image; re-export it or remove it") from err
 
 
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -36,21 +42,6 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ValueError(f"'{path}' is not a COCO instances file: no list under {missing}")
     return data
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file next to ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
