@@ -211,6 +211,10 @@ def load_encoder(
     if pos_interp not in ("meta", "hf"):
         raise ValueError(f"pos_interp must be 'meta' or 'hf', got {pos_interp!r}")
     name, selector = split_weights_selector(os.fspath(pretrained))
+    base, sep, unknown = name.rpartition("#")
+    if sep and selector is None and os.path.isfile(os.path.expanduser(base)):
+        raise ValueError(f"'{name}': unknown weights selector '#{unknown}'; an I-JEPA training checkpoint takes "
+                         "'#target_encoder' (default) or '#encoder', other files take none")
     if selector is not None and ijepa_weights is not None and selector != ijepa_weights:
         raise ValueError(f"'{os.fspath(pretrained)}' selects '{selector}' but ijepa_weights='{ijepa_weights}'; "
                          "give one of the two")
