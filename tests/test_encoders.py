@@ -182,3 +182,42 @@ def test_duplicate_encoder_type_names_both_distributions(third_party_family):
     refresh()
     with pytest.raises(RuntimeError, match=r"'dino' is declared twice.*sam2-vitplug.*clashing_plugin|clashing_plugin.*sam2-vitplug"):
         list_encoder_types()
+
+
+# Architecture fields of the released models, from their hub config.json (as written by transformers'
+# convert_dinov2_to_hf.py, convert_dinov3_vit_to_hf.py and convert_ijepa_to_hf.py), typed in here
+# independently of presets.py: (hidden, layers, heads, patch, FFN width or mlp_ratio, extra fields).
+PUBLISHED_ARCH = {
+    "dinov2_small": (384, 12, 6, 14, {"mlp_ratio": 4, "layer_norm_eps": 1e-6, "hidden_act": "gelu"}),
+    "dinov2_giant_reg": (1536, 40, 24, 14, {"use_swiglu_ffn": True, "layer_norm_eps": 1e-6, "num_register_tokens": 4}),
+    "dinov3_small": (384, 12, 6, 16, {"intermediate_size": 1536, "hidden_act": "gelu", "use_gated_mlp": False}),
+    "dinov3_base": (768, 12, 12, 16, {"intermediate_size": 3072, "hidden_act": "gelu", "use_gated_mlp": False}),
+    "dinov3_large": (1024, 24, 16, 16, {"intermediate_size": 4096, "hidden_act": "gelu", "use_gated_mlp": False}),
+    "dinov3_huge_plus": (1280, 32, 20, 16, {"intermediate_size": 5120, "hidden_act": "silu", "use_gated_mlp": True}),
+    "ijepa_huge14": (1280, 32, 16, 14, {"intermediate_size": 5120, "layer_norm_eps": 1e-6, "hidden_act": "gelu",
+                                        "image_size": 224, "qkv_bias": True}),
+}
+DINOV3_SHARED = {"layer_norm_eps": 1e-5, "rope_theta": 100.0, "num_register_tokens": 4, "query_bias": True,
+                 "key_bias": False, "value_bias": True, "pos_embed_rescale": 2.0}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_ARCH))
+def test_random_init_presets_build_the_published_architecture(name):
+    """`--random-init` benchmarks build the real architecture: built on the meta device (no weights)."""
+    from transformers import AutoConfig, AutoModel
+
+    from sam2_vitplug.encoders import get_preset
+
+    preset = get_preset(name)
+    config = AutoConfig.for_model(preset.model_type, **dict(preset.arch))
+    hidden, layers, heads, patch, extra = PUBLISHED_ARCH[name]
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.patch_size) == (
+        hidden, layers, heads, patch)
+    want = {**(DINOV3_SHARED if name.startswith("dinov3") else {}), **extra}
+    assert {k: getattr(config, k) for k in want} == want
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    if name == "dinov3_huge_plus":  # the gated MLP really runs SiLU
+        assert type(model.model.layer[0].mlp.act_fn).__name__ == "SiLUActivation"
+    if name == "ijepa_huge14":
+        assert model.layers[0].layernorm_before.eps == 1e-6

@@ -69,6 +69,12 @@ def _vit_arch(hidden: int, layers: int, heads: int, patch: int, **extra: Any) ->
 
 
 # DINOv2 (patch 14, trained at 518 px with a 37x37 position grid).
+# Source of every architecture number: the hub config.json of facebook/dinov2-{size} and
+# facebook/dinov2-with-registers-{size}, written by transformers' convert_dinov2_to_hf.py /
+# convert_dinov2_with_registers_to_hf.py (image_size 518, patch 14, S 384/12/6, B 768/12/12,
+# L 1024/24/16, g 1536/40/24 with use_swiglu_ffn); mlp_ratio 4, hidden_act gelu and
+# layer_norm_eps 1e-6 are Dinov2Config's defaults in those files (Meta: LayerNorm eps 1e-6).
+_DINOV2_COMMON = dict(image_size=518, layerscale_value=1.0, mlp_ratio=4, hidden_act="gelu", layer_norm_eps=1e-6)
 _DINOV2_SIZES = {
     "small": _vit_arch(384, 12, 6, 14),
     "base": _vit_arch(768, 12, 12, 14),
@@ -82,7 +88,7 @@ DINOV2_PRESETS = tuple(
         encoder_type="dino",
         hf_id=f"facebook/dinov2-{size}",
         model_type="dinov2",
-        arch={**arch, "image_size": 518, "layerscale_value": 1.0},
+        arch={**arch, **_DINOV2_COMMON},
         native_size=518,
         license="Apache-2.0",
     )
@@ -93,7 +99,7 @@ DINOV2_PRESETS = tuple(
         encoder_type="dino",
         hf_id=f"facebook/dinov2-with-registers-{size}",
         model_type="dinov2_with_registers",
-        arch={**arch, "image_size": 518, "layerscale_value": 1.0, "num_register_tokens": 4},
+        arch={**arch, **_DINOV2_COMMON, "num_register_tokens": 4},
         native_size=518,
         license="Apache-2.0",
     )
@@ -101,11 +107,21 @@ DINOV2_PRESETS = tuple(
 )
 
 # DINOv3 ViTs (patch 16, 4 register tokens, RoPE: no position grid to interpolate).
+# Source: the hub config.json of facebook/dinov3-{tag}-pretrain-lvd1689m, as written by
+# transformers' convert_dinov3_vit_to_hf.py (get_dinov3_config): hidden/layers/heads/
+# intermediate below; MLP models hidden_act "gelu", the SwiGLU *plus models use_gated_mlp with
+# hidden_act "silu" (Meta's SwiGLUFFN gates with SiLU); everything else at DINOv3ViTConfig's
+# defaults there: layer_norm_eps 1e-5 (Meta "layernormbf16"), rope_theta 100 (Meta
+# pos_embed_rope_base=100), query/value bias on, key bias off, layerscale, image_size 224,
+# pos_embed_rescale 2.0 (Meta pos_embed_rope_rescale_coords=2). Written out so a change of
+# transformers' defaults cannot change the random-init architecture.
+_DINOV3_COMMON = dict(layer_norm_eps=1e-5, rope_theta=100.0, query_bias=True, key_bias=False, value_bias=True)
 _DINOV3_SIZES = {
-    "small": ("vits16", _vit_arch(384, 12, 6, 16, intermediate_size=1536)),
-    "base": ("vitb16", _vit_arch(768, 12, 12, 16, intermediate_size=3072)),
-    "large": ("vitl16", _vit_arch(1024, 24, 16, 16, intermediate_size=4096)),
-    "huge_plus": ("vith16plus", _vit_arch(1280, 32, 20, 16, intermediate_size=5120, use_gated_mlp=True)),
+    "small": ("vits16", _vit_arch(384, 12, 6, 16, intermediate_size=1536, hidden_act="gelu", **_DINOV3_COMMON)),
+    "base": ("vitb16", _vit_arch(768, 12, 12, 16, intermediate_size=3072, hidden_act="gelu", **_DINOV3_COMMON)),
+    "large": ("vitl16", _vit_arch(1024, 24, 16, 16, intermediate_size=4096, hidden_act="gelu", **_DINOV3_COMMON)),
+    "huge_plus": ("vith16plus", _vit_arch(1280, 32, 20, 16, intermediate_size=5120, use_gated_mlp=True,
+                                          hidden_act="silu", **_DINOV3_COMMON)),
 }
 
 DINOV3_PRESETS = tuple(
@@ -138,13 +154,18 @@ DEMO_PRESETS = (
 )
 
 # I-JEPA ViT-H/14 (no CLS token; position embeddings must be interpolated off 224 px).
+# Source: the hub config.json of facebook/ijepa_vith14_1k, as written by transformers'
+# convert_ijepa_to_hf.py (get_ijepa_config "vith"): 1280/32/16 heads, intermediate 5120, patch 14,
+# image_size 224, layer_norm_eps 1e-6 (Meta: partial(nn.LayerNorm, eps=1e-6); IJepaConfig's own
+# default is 1e-12); hidden_act gelu and qkv_bias true are IJepaConfig's defaults there.
 IJEPA_PRESETS = (
     EncoderPreset(
         name="ijepa_huge14",
         encoder_type="ijepa",
         hf_id="facebook/ijepa_vith14_1k",
         model_type="ijepa",
-        arch=_vit_arch(1280, 32, 16, 14, intermediate_size=5120, image_size=224),
+        arch=_vit_arch(1280, 32, 16, 14, intermediate_size=5120, image_size=224, layer_norm_eps=1e-6,
+                       hidden_act="gelu", qkv_bias=True),
         native_size=224,
         license="CC-BY-NC-4.0",
     ),
