@@ -1,0 +1,202 @@
+"""Meta checkpoint layouts at the real sizes (shapes only, meta-device tensors) and the errors of bad files.
+
+The real-size state dicts below are written from Meta's constructors (dinov3/hub/backbones.py, ijepa
+src/models/vision_transformer.py): key names and shapes only, no weights, so every released size
+(including DINOv3 7B) is checked in milliseconds. The expected configs are the published hub config.json
+values (transformers' convert_dinov3_vit_to_hf.py / convert_ijepa_to_hf.py), typed in here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam2_vitplug.encoders import load_encoder
+from sam2_vitplug.encoders.meta_dinov3 import convert_meta_dinov3_state_dict, infer_dinov3_config
+from sam2_vitplug.encoders.meta_ijepa import convert_meta_ijepa_state_dict, infer_ijepa_config
+
+DATA = Path(__file__).parent / "data" / "meta_reference"
+DINOV3_MLP = DATA / "dinov3" / "dinov3_mlp_vits16_recipe.pth"
+IJEPA = DATA / "ijepa" / "tiny-IN1K-vit.14-300e.pth.tar"
+
+
+def _t(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, device="meta")
+
+
+def meta_dinov3_layout(dim: int, depth: int, heads: int, ffn_ratio: float, swiglu_align: int | None,
+                       qkv_bias: bool = True, local_cls_norm: bool = False) -> dict[str, torch.Tensor]:
+    """Key names and shapes of Meta's DinoVisionTransformer state dict (patch 16, 4 storage tokens)."""
+    head_dim = dim // heads
+    # Meta's RoPE: periods = base ** (2 * arange(head_dim // 4) / (head_dim // 2)), base 100; a real tensor
+    periods = 100.0 ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
+    sd = {"cls_token": _t(1, 1, dim), "storage_tokens": _t(1, 4, dim), "mask_token": _t(1, dim),
+          "patch_embed.proj.weight": _t(dim, 3, 16, 16), "patch_embed.proj.bias": _t(dim),
+          "rope_embed.periods": periods, "norm.weight": _t(dim), "norm.bias": _t(dim)}
+    if local_cls_norm:
+        sd |= {"local_cls_norm.weight": _t(dim), "local_cls_norm.bias": _t(dim)}
+    hidden = int(dim * ffn_ratio)
+    for i in range(depth):
+        b = f"blocks.{i}."
+        sd |= {b + "norm1.weight": _t(dim), b + "norm1.bias": _t(dim), b + "attn.qkv.weight": _t(3 * dim, dim),
+               b + "attn.proj.weight": _t(dim, dim), b + "attn.proj.bias": _t(dim), b + "ls1.gamma": _t(dim),
+               b + "norm2.weight": _t(dim), b + "norm2.bias": _t(dim), b + "ls2.gamma": _t(dim)}
+        if qkv_bias:
+            mask = torch.ones(3 * dim)
+            mask[dim:2 * dim] = 0
+            sd |= {b + "attn.qkv.bias": _t(3 * dim), b + "attn.qkv.bias_mask": mask}
+        if swiglu_align is None:
+            sd |= {b + "mlp.fc1.weight": _t(hidden, dim), b + "mlp.fc1.bias": _t(hidden),
+                   b + "mlp.fc2.weight": _t(dim, hidden), b + "mlp.fc2.bias": _t(dim)}
+        else:  # Meta's SwiGLUFFN: int(2/3 * hidden) rounded up to a multiple of align_to
+            h = (int(hidden * 2 / 3) + swiglu_align - 1) // swiglu_align * swiglu_align
+            sd |= {b + "mlp.w1.weight": _t(h, dim), b + "mlp.w1.bias": _t(h), b + "mlp.w2.weight": _t(h, dim),
+                   b + "mlp.w2.bias": _t(h), b + "mlp.w3.weight": _t(dim, h), b + "mlp.w3.bias": _t(dim)}
+    return sd
+
+
+# released DINOv3 ViTs: Meta constructor args -> published config (hidden, layers, heads, intermediate, gated)
+DINOV3_RELEASED = {
+    "vits16": ((384, 12, 6, 4, None), (384, 12, 6, 1536, False)),
+    "vits16plus": ((384, 12, 6, 6, 8), (384, 12, 6, 1536, True)),
+    "vitb16": ((768, 12, 12, 4, None), (768, 12, 12, 3072, False)),
+    "vitl16": ((1024, 24, 16, 4, None), (1024, 24, 16, 4096, False)),
+    "vitl16_sat493m": ((1024, 24, 16, 4, None), (1024, 24, 16, 4096, False)),
+    "vitl16plus": ((1024, 24, 16, 6, 8), (1024, 24, 16, 4096, True)),
+    "vith16plus": ((1280, 32, 20, 6, 8), (1280, 32, 20, 5120, True)),
+    "vit7b16": ((4096, 40, 32, 3, 64), (4096, 40, 32, 8192, True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DINOV3_RELEASED))
+def test_every_released_dinov3_size_converts(name):
+    from transformers import DINOv3ViTModel
+
+    (dim, depth, heads, ratio, align), want = DINOV3_RELEASED[name]
+    big = name.startswith("vit7b") or name.endswith("sat493m")  # untie_global_and_local_cls_norm=True
+    sd = meta_dinov3_layout(dim, depth, heads, ratio, align, qkv_bias=not name.startswith("vit7b"),
+                            local_cls_norm=big)
+    cfg = infer_dinov3_config(sd)
+    gated = want[4]
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
+            cfg.use_gated_mlp) == want
+    assert cfg.hidden_act == ("silu" if gated else "gelu")
+    assert (cfg.rope_theta, cfg.layer_norm_eps, cfg.num_register_tokens, cfg.patch_size) == (100.0, 1e-5, 4, 16)
+    assert (cfg.query_bias, cfg.value_bias, cfg.key_bias) == ((False, False, False) if name.startswith("vit7b")
+                                                              else (True, True, False))
+    converted = convert_meta_dinov3_state_dict(sd, cfg)
+    with torch.device("meta"):
+        own = DINOv3ViTModel(cfg).state_dict()
+    assert converted.keys() == own.keys()
+    assert all(converted[k].shape == own[k].shape for k in own)
+
+
+@pytest.mark.parametrize("dim,depth,patch,grid,want_heads,want_inter", [
+    (1280, 32, 14, 16, 16, 5120),  # IN1K / IN22K-vit.h.14 (224 px)
+    (1280, 32, 16, 28, 16, 5120),  # IN1K-vit.h.16-448px
+    (1408, 40, 16, 14, 16, 6144),  # IN22K-vit.g.16 (mlp_ratio 48/11)
+])
+def test_released_ijepa_sizes_convert(dim, depth, patch, grid, want_heads, want_inter):
+    from transformers import IJepaModel
+
+    sd = {"pos_embed": _t(1, grid * grid, dim), "patch_embed.proj.weight": _t(dim, 3, patch, patch),
+          "patch_embed.proj.bias": _t(dim), "norm.weight": _t(dim), "norm.bias": _t(dim)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        sd |= {b + "norm1.weight": _t(dim), b + "norm1.bias": _t(dim), b + "attn.qkv.weight": _t(3 * dim, dim),
+               b + "attn.qkv.bias": _t(3 * dim), b + "attn.proj.weight": _t(dim, dim), b + "attn.proj.bias": _t(dim),
+               b + "norm2.weight": _t(dim), b + "norm2.bias": _t(dim), b + "mlp.fc1.weight": _t(want_inter, dim),
+               b + "mlp.fc1.bias": _t(want_inter), b + "mlp.fc2.weight": _t(dim, want_inter),
+               b + "mlp.fc2.bias": _t(dim)}
+    cfg = infer_ijepa_config(sd)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (
+        dim, depth, want_heads, want_inter)
+    assert (cfg.patch_size, cfg.image_size, cfg.layer_norm_eps) == (patch, grid * patch, 1e-6)
+    converted = convert_meta_ijepa_state_dict(sd, cfg)
+    with torch.device("meta"):
+        own = IJepaModel(cfg).state_dict()
+    assert converted.keys() == own.keys() and all(converted[k].shape == own[k].shape for k in own)
+
+
+# ----------------------------------------------------------------------------- what is refused, and how
+
+
+def _tiny_dinov3() -> dict[str, torch.Tensor]:
+    return dict(torch.load(DINOV3_MLP, weights_only=True))
+
+
+def _save(tmp_path: Path, name: str, obj) -> str:
+    torch.save(obj, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_untied_cls_norm_is_refused(tmp_path):
+    sd = _tiny_dinov3() | {"cls_norm.weight": torch.ones(128), "cls_norm.bias": torch.zeros(128)}
+    with pytest.raises(ValueError, match="untied.pth.*untie_cls_and_patch_norms.*cannot be converted"):
+        load_encoder(_save(tmp_path, "untied.pth", sd))
+
+
+def test_local_cls_norm_is_dropped_and_changes_nothing(tmp_path):
+    sd = _tiny_dinov3()
+    plain = load_encoder(str(DINOV3_MLP)).model
+    with_local = load_encoder(_save(tmp_path, "local.pth", sd | {"local_cls_norm.weight": torch.full((128,), 3.0),
+                                                                  "local_cls_norm.bias": torch.ones(128)})).model
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(plain(pixel_values=x).last_hidden_state, with_local(pixel_values=x).last_hidden_state)
+
+
+def test_key_bias_is_checked_against_bias_mask(tmp_path):
+    sd = _tiny_dinov3()
+    sd["blocks.1.attn.qkv.bias_mask"] = torch.ones(384)  # k bias used: not what DINOv3ViTModel computes
+    with pytest.raises(ValueError, match="bias_mask is not 1/0/1"):
+        load_encoder(_save(tmp_path, "kmask.pth", sd))
+
+
+def test_min_max_period_rope_is_refused(tmp_path):
+    sd = _tiny_dinov3()
+    sd["rope_embed.periods"] = torch.linspace(0.5, 50.0, 16)
+    with pytest.raises(ValueError, match="min/max-period RoPE"):
+        load_encoder(_save(tmp_path, "rope.pth", sd))
+
+
+def test_no_family_lists_each_family_and_its_missing_keys(tmp_path):
+    path = _save(tmp_path, "resnet.pth", {"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.bias": torch.zeros(4)})
+    with pytest.raises(ValueError) as info:
+        load_encoder(path)
+    msg = str(info.value)
+    assert "resnet.pth" in msg and "'conv1.weight'" in msg
+    assert "DINOv2 needs" in msg and "DINOv3 needs" in msg and "I-JEPA needs" in msg
+    assert "(missing cls_token, rope_embed.periods, patch_embed.proj.weight, blocks.<i>.*)" in msg  # DINOv3's
+
+
+def test_training_dict_is_recognised(tmp_path):
+    obj = {"model": {"head.weight": torch.zeros(2, 2)}, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}
+    with pytest.raises(ValueError, match="train.pth is a training checkpoint \\(it has 'optimizer', 'epoch'\\)"):
+        load_encoder(_save(tmp_path, "train.pth", obj))
+
+
+def test_ijepa_dict_without_the_asked_encoder(tmp_path):
+    obj = torch.load(IJEPA, weights_only=True)
+    del obj["target_encoder"]
+    path = _save(tmp_path, "ctx_only.pth.tar", obj)
+    with pytest.raises(ValueError, match="no 'target_encoder' weights \\(it holds encoder\\).*#encoder"):
+        load_encoder(path)
+    assert load_encoder(path + "#encoder").location.endswith("ctx_only.pth.tar#encoder")
+
+
+def test_selector_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown weights selector '#teacher'"):
+        load_encoder(f"{IJEPA}#teacher")
+    with pytest.raises(ValueError, match="is a DINOv3 state dict, not I-JEPA|has no 'encoder'/'target_encoder'"):
+        load_encoder(f"{DINOV3_MLP}#encoder")
+    with pytest.raises(ValueError, match="applies only to an I-JEPA .pth.tar"):
+        load_encoder("dinov3_small", ijepa_weights="encoder")
+
+
+def test_encoder_type_must_match_the_file():
+    with pytest.raises(ValueError, match="'dinov3_vit' model but encoder_type='dino'"):
+        load_encoder(str(DINOV3_MLP), encoder_type="dino")
+    assert load_encoder(str(IJEPA), encoder_type="ijepa").family.name == "ijepa"
