@@ -138,6 +138,11 @@ class ViTTrunkMultiScale(nn.Module):
             ``transform_avg`` (K, shift in ViT-input pixels below patch/2, 4 or 8 directions,
             ``reflect``/``periodic``); see :func:`sam2_vitplug.modeling.transforms.make_transforms`.
             Ignored by the other modes.
+        train_augmentation: let the ViT draw its own random input augmentations in train mode
+            (DINOv3: RoPE coordinate shift/jitter/rescale, as in its pre-training). Off by
+            default: two training forwards of the same batch are then identical, as with every
+            other family, and the trunk sees the geometry it is evaluated with. Eval mode never
+            augments.
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class ViTTrunkMultiScale(nn.Module):
         hr_shift: int | None = None,
         hr_directions: int | None = None,
         hr_border: str = "reflect",
+        train_augmentation: bool = False,
     ) -> None:
         super().__init__()
         self.force_dtype = parse_dtype(force_dtype)
@@ -192,6 +198,12 @@ class ViTTrunkMultiScale(nn.Module):
         self.freeze_vit = bool(freeze_vit)
         self.verbose = bool(verbose)
         self.resize_antialias = bool(resize_antialias)
+        self.train_augmentation = bool(train_augmentation)
+        self._augmenters = [self.vit.get_submodule(path) for path in self.family.train_augmentation_modules
+                            if _has_submodule(self.vit, path)]
+        if not self.train_augmentation:
+            for module in self._augmenters:
+                module.eval()
         self._forward_kwargs = dict(self.family.forward_kwargs)
         self._reported_sizes: set[tuple[int, int]] = set()
         self._block_pattern = re.compile(rf"(?:^|\.)vit\.{re.escape(self.family.resolve_blocks_path(self.vit))}\.(\d+)\.")
@@ -235,6 +247,9 @@ class ViTTrunkMultiScale(nn.Module):
         super().train(mode)
         if self.freeze_vit:
             self.vit.eval()
+        if not self.train_augmentation:
+            for module in self._augmenters:
+                module.eval()
         return self
 
     # ---- forward ---------------------------------------------------------------------------
@@ -317,6 +332,14 @@ class ViTTrunkMultiScale(nn.Module):
             + (f"; transform_avg {self.hr_transforms.describe()}" if self.hr_transforms is not None else ""),
             file=sys.stderr,
         )
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def check_input_size(height: int, width: int) -> None:
