@@ -22,7 +22,9 @@ TINY = "configs/training/tiny_cpu.yaml"
 
 def _compose(*argv: str):
     args = build_parser().parse_intermixed_args(["--config", TINY, "dataset.root=/data/shapes", *argv])
-    return compose_training_config(request_from_args(args))
+    request = request_from_args(args)
+    request.check_paths = False  # composition only: /data/shapes need not exist here
+    return compose_training_config(request)
 
 
 # ---- each flag's override ---------------------------------------------------------------------
@@ -129,7 +131,8 @@ def test_print_config_prints_resolved_yaml_and_exits(capsys):
 @pytest.mark.parametrize("overlay", ["image_png_finetune", "image_sa1b_finetune", "video_png_finetune"])
 def test_shipped_overlays_compose(overlay):
     cfg = compose_training_config(LaunchRequest(config=f"configs/training/{overlay}.yaml",
-                                                overrides=["dataset.img_folder=/i", "dataset.gt_folder=/g"]))
+                                                overrides=["dataset.img_folder=/i", "dataset.gt_folder=/g"],
+                                                check_paths=False))
     raw = cfg.trainer.data.train.datasets[0].dataset.datasets[0].video_dataset
     assert raw._target_.endswith("SA1BRawDataset" if "sa1b" in overlay else "PNGRawDataset")
     assert cfg.scratch.num_frames == (8 if overlay.startswith("video") else 1)
@@ -167,8 +170,8 @@ def test_vit_flags_rejected_with_hiera(capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda(capsys):
-    assert "no CUDA device is visible" in _fails(capsys, "--device", "cuda")
-    assert "no CUDA device is visible" in _fails(capsys, "trainer.accelerator=cuda")
+    assert "no CUDA GPU is visible" in _fails(capsys, "--device", "cuda")
+    assert "no CUDA GPU is visible" in _fails(capsys, "trainer.accelerator=cuda")
 
 
 def test_unsupported_device(capsys):
@@ -245,3 +248,57 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "training_ext.train", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert out.returncode == 0 and "--encoder-out-dims" in out.stdout and "--use-cluster" in out.stdout
+
+
+# ---- bad paths, checkpoints and overrides: one line, exit 2, no experiment dir -----------------
+@pytest.fixture
+def png_root(tmp_path) -> Path:
+    for sub in ("JPEGImages", "Annotations"):
+        (tmp_path / "data" / "train" / "png" / sub).mkdir(parents=True)
+    return tmp_path / "data"
+
+
+def _real_ckpt(path: Path) -> Path:
+    torch.save({"model": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("root", "dataset.root={root}x does not exist"),
+    ("img_folder", "dataset.img_folder=/no/JPEGImages does not exist"),
+    ("empty_ckpt", "--sam2-ckpt {tmp}/empty.pt is empty (0 bytes)"),
+    ("truncated_ckpt", "--sam2-ckpt {tmp}/cut.pt (200 bytes) is not a torch checkpoint"),
+    ("text_init_ckpt", "--init-ckpt {tmp}/notes.pt (5 bytes) is not a torch checkpoint"),
+    ("unknown_override", "Could not override 'trainer.nonexistent'"),
+    ("device", "--device 'tpu9' is not a device"),
+])
+def test_bad_training_input_is_one_line_before_the_experiment_dir(capsys, tmp_path, png_root, case, expected):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(_real_ckpt(tmp_path / "full.pt").read_bytes()[:200])
+    (tmp_path / "notes.pt").write_text("hello")
+    extra = {"root": [f"dataset.root={png_root}x"],
+             "img_folder": [f"dataset.root={png_root}", "dataset.img_folder=/no/JPEGImages"],
+             "empty_ckpt": [f"dataset.root={png_root}", "--sam2-ckpt", str(tmp_path / "empty.pt")],
+             "truncated_ckpt": [f"dataset.root={png_root}", "--sam2-ckpt", str(tmp_path / "cut.pt")],
+             "text_init_ckpt": [f"dataset.root={png_root}", "--init-ckpt", str(tmp_path / "notes.pt")],
+             "unknown_override": [f"dataset.root={png_root}", "trainer.nonexistent=3"],
+             "device": [f"dataset.root={png_root}", "--device", "tpu9", "trainer.accelerator=cpu"]}[case]
+    if case == "device":  # training_ext's own device rule comes first: the trainer runs on cuda or cpu
+        expected = "--device tpu9: upstream training.trainer.Trainer runs on cuda or cpu only"
+    exp = tmp_path / "exp"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", TINY, "--experiment-dir", str(exp), *extra])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert expected.format(root=png_root, tmp=tmp_path) in err
+    assert not exp.exists()
+
+
+def test_train_py_runs_as_a_file():
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "training_ext" / "train.py"), "--config", TINY, "--print-config",
+                          "--device", "cpu", "dataset.root=/d"], capture_output=True, text=True, cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "experiment_log_dir" in out.stdout and "attempted relative import" not in out.stderr

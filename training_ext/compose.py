@@ -22,6 +22,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .checks import check_checkpoint_file, check_dataset_paths
 from .flags import HIERA, EncoderFlags, check_dtype_on_device, encoder_overrides
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class LaunchRequest:
     sam2_ckpt: str | None = None
     init_ckpt: str | None = None
     experiment_dir: str | None = None
+    check_paths: bool = True  # dataset folders and checkpoint contents (off for --print-config)
 
 
 def _package_configs_dir() -> Path:
@@ -76,7 +78,7 @@ def config_name(config: str) -> str:
 def _compose(name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     GlobalHydra.instance().clear()
     initialize_config_module("sam2", version_base="1.2")
@@ -87,6 +89,11 @@ def _compose(name: str, overrides: Sequence[str], return_hydra_config: bool = Fa
             f"training config '{name}' was not found on Hydra's search path (pkg://sam2, pkg://sam2_vitplug.configs); "
             "available overlays: " + ", ".join(list_overlays())
         ) from err
+    except (ConfigCompositionException, OverrideParseException) as err:  # e.g. a mistyped key=value
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        hint = ("; a new key needs a leading + (+key=value); see the keys with --print-config"
+                if "Could not override" in first else "")
+        raise ValueError(f"{first.rstrip('.')} (in '{name}'){hint}") from err
 
 
 def list_overlays() -> list[str]:
@@ -103,18 +110,16 @@ def default_accelerator() -> str:
 
 
 def check_accelerator(device: str | None) -> str | None:
-    """Map ``--device`` to the trainer's ``accelerator``; None keeps the overlay's choice."""
+    """Map ``--device`` to the trainer's ``accelerator``; None keeps the overlay's choice.
+    The device itself is checked by the package's one parser (``sam2_vitplug.devices``)."""
+    from sam2_vitplug.devices import parse_device
+
     if device is None:
         return None
-    kind = device.split(":")[0]
+    kind = device.split(":")[0].strip().lower()
     if kind not in ACCELERATORS:
         raise ValueError(f"--device {device}: upstream training.trainer.Trainer runs on cuda or cpu only")
-    if kind == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu")
-    return kind
+    return parse_device(device).split(":")[0]
 
 
 def _model_choice_key(cfg: DictConfig, option: str) -> str | None:
@@ -224,6 +229,11 @@ def compose_training_config(request: LaunchRequest) -> DictConfig:
         missing = [k for k in cfg.dataset if OmegaConf.is_missing(cfg.dataset, k)]
         if missing:
             raise ValueError(f"set the dataset: {' '.join(f'dataset.{k}=...' for k in missing)} (missing in '{name}')")
+        if request.check_paths:
+            check_dataset_paths(cfg, name)
+    for flag, path in (("--sam2-ckpt", request.sam2_ckpt), ("--init-ckpt", request.init_ckpt)):
+        if path is not None and request.check_paths:
+            check_checkpoint_file(path, flag)
     with open_dict(cfg):
         cfg.trainer.model = OmegaConf.merge(cfg.model, cfg.trainer.get("model") or {})
         if accelerator == "cpu" and cfg.trainer.get("_target_") == UPSTREAM_TRAINER:

@@ -19,8 +19,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .compose import LaunchRequest, compose_training_config, list_overlays
-from .flags import DTYPES, UPSAMPLE_MODES, EncoderFlags
+if not __package__:  # run as a file (python training_ext/train.py): import as the package it is part of
+    _HERE = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]  # no top-level 'compose', ...
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "training_ext"  # noqa: A001 - lets the relative imports below resolve
+
+from .compose import LaunchRequest, compose_training_config, list_overlays  # noqa: E402
+from .flags import DTYPES, UPSAMPLE_MODES, EncoderFlags  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +39,10 @@ def encoder_type_choices() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sam2_vitplug.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="python -m training_ext.train", description=__doc__.split("\n\n")[0],
+        prog="python -m training_ext.train", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
         epilog="overlays: " + ", ".join(list_overlays()))
     parser.add_argument("-c", "--config", required=True,
                         help="training overlay: configs/training/<name>.yaml, training/<name>.yaml or an upstream name")
@@ -44,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--encoder-ckpt", default=None, help="ViT weights: preset name, hub id, local dir or Meta .pth")
     enc.add_argument("--encoder-out-dims", default=None, metavar="C32,C16,C8,C4",
                      help="pyramid channels, low-res first; the neck's backbone_channel_list follows")
-    enc.add_argument("--encoder-upsample-mode", choices=UPSAMPLE_MODES, default=None)
+    enc.add_argument("--encoder-upsample-mode", choices=UPSAMPLE_MODES, default=None,
+                     help="how the stride 8/4 maps are built (default: the config's, bilinear)")
     enc.add_argument("--no-refine-highres", action="store_true", help="no refinement blocks on the stride 8/4 maps")
     enc.add_argument("--freeze-vit", action="store_true", help="no gradients through the ViT (pyramid, neck, heads train)")
     enc.add_argument("--force-dtype", choices=DTYPES, default=None, help="ViT compute dtype")
@@ -58,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cuda or cpu (default: cuda if available, else cpu); cpu uses training_ext's CPUTrainer")
     parser.add_argument("--experiment-dir", default=None,
                         help="launcher.experiment_log_dir (default: the overlay's, else ./sam2_logs/<overlay>)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit (dataset paths and checkpoint contents unchecked)")
     up = parser.add_argument_group("upstream training.train flags (passed through unchanged)")
     up.add_argument("--use-cluster", type=int, default=None, help="0: run locally, 1: submit with submitit/SLURM")
     up.add_argument("--partition", default=None, help="SLURM partition")
@@ -85,7 +95,8 @@ def request_from_args(args: argparse.Namespace) -> LaunchRequest:
         freeze_vit=args.freeze_vit, force_dtype=args.force_dtype, vit_verbose=args.vit_verbose,
     )
     return LaunchRequest(config=args.config, overrides=list(args.overrides), flags=flags, device=args.device,
-                         sam2_ckpt=args.sam2_ckpt, init_ckpt=args.init_ckpt, experiment_dir=args.experiment_dir)
+                         sam2_ckpt=args.sam2_ckpt, init_ckpt=args.init_ckpt, experiment_dir=args.experiment_dir,
+                         check_paths=not args.print_config)
 
 
 def _write_atomic(path: Path, text: str) -> None:
