@@ -17,10 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam2_vitplug.cli import default_device
+    from sam2_vitplug.devices import parse_device
 
     from .export import build_exported, export_checkpoint
 
+    device = parse_device(args.device) if args.verify else None  # a bad --device fails before anything is written
     meta = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: {meta['tensors']} tensors, steps {meta['steps']}")
     info = meta["build_sam2"]
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         overrides = ", ".join(repr(o) for o in info["overrides"])
         print(f"load with: build_sam2({info['config']!r}, ckpt_path={args.out!r}, hydra_overrides_extra=[{overrides}])")
     if args.verify:
-        model = build_exported(args.out, device=args.device or default_device())
+        model = build_exported(args.out, device=device)
         print(f"verified: build_sam2 loaded {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters strictly")
     return 0
 
