@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplu
 
 
 from .devices import default_device, parse_device  # noqa: E402,F401 - re-exported: subcommands import it from here
+from .encoders.sources import ENCODER_SOURCES_HELP  # noqa: E402 - plain strings, no torch import
 
 
 def _version(dist: str) -> str:
@@ -51,6 +52,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .encoders import get_family, list_encoder_types, list_presets
     from .encoders.registry import ENTRY_POINT_GROUP
+    from .encoders.sources import META_FORMATS_INFO
     from .sam2_presets import SAM2_PRESETS
 
     owners = {ep.name: (ep.dist.name if ep.dist else "?") for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
@@ -73,6 +75,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "models": [{"name": m.name, "config": m.config, "weights": m.weights, "summary": m.summary}
                    for m in SAM2_PRESETS.values()],
         "configs": _config_names(),
+        "meta_checkpoints": META_FORMATS_INFO,
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -85,6 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\npresets:")
     print(_table([[p["name"], p["type"], p["patch"], p["width"], p["blocks"], p["registers"], p["native_px"], p["hf_id"]]
                   for p in info["presets"]], ["name", "type", "patch", "width", "blocks", "registers", "native px", "hub id"]))
+    print(f"\nother encoder sources: hub ids, local directories (config.json + weights), {META_FORMATS_INFO}")
     print("\npackaged SAM2 models (build_sam2_vit(name) loads config + weights; --sam2-config name):")
     print(_table([[m["name"], m["config"], m["summary"]] for m in info["models"]], ["name", "config", "what"]))
     for source, names in info["configs"].items():
@@ -259,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="build a config, run one synthetic forward, print shapes, params, timing")
     check.add_argument("config", help="config name, e.g. sam2_vit_dino.yaml or configs/sam2.1/sam2.1_hiera_t.yaml")
     check.add_argument("--sam2-ckpt", default=None, help="official SAM2 checkpoint to load around the trunk")
-    check.add_argument("--pretrained", default=None, help="override the trunk's weights (preset, hub id, dir, .pth)")
+    check.add_argument("--pretrained", default=None, help="override the trunk's weights: " + ENCODER_SOURCES_HELP)
     check.add_argument("--random-init", action="store_true", help="random trunk weights of the same architecture")
     check.add_argument("--image-size", type=int, default=None,
                        help="override model.image_size (multiple of 16; default: the config's)")

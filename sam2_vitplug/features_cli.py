@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .encoders.sources import ENCODER_SOURCES_HELP
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -193,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("features", help="high-resolution ViT features (transform averaging) + PCA picture",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
-    p.add_argument("--encoder", required=True, help="preset, HF id, local directory or Meta .pth")
+    p.add_argument("--encoder", required=True, help=ENCODER_SOURCES_HELP)
     p.add_argument("--encoder-type", default=None, help="expected encoder family (default: inferred)")
     p.add_argument("--random-init", action="store_true", help="random weights of the same architecture (tests)")
     p.add_argument("--transforms", type=int, default=8, metavar="K",

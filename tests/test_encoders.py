@@ -221,3 +221,24 @@ def test_random_init_presets_build_the_published_architecture(name):
         assert type(model.model.layer[0].mlp.act_fn).__name__ == "SiLUActivation"
     if name == "ijepa_huge14":
         assert model.layers[0].layernorm_before.eps == 1e-6
+
+
+@pytest.mark.parametrize("argv", [["features"], ["seg", "train"], ["fewshot", "memory"], ["check", "x.yaml"]])
+def test_encoder_help_lists_the_meta_formats(argv, capsys):
+    from sam2_vitplug.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "DINOv2/DINOv3 .pth, I-JEPA .pth.tar" in text and "'#encoder'" in text
+
+
+def test_info_lists_the_meta_formats(capsys):
+    import json
+
+    from sam2_vitplug.cli import main
+
+    assert main(["info", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["meta_checkpoints"]
+    for fmt in ("dinov2_vit*14[_reg4]_pretrain.pth", "dinov3_vit*16*_pretrain_*.pth", "I-JEPA *.pth.tar", "#encoder"):
+        assert fmt in listed

@@ -20,15 +20,12 @@ from .families import EncoderFamily
 from .meta_checkpoint import IJepaWeights, has_checkpoint_suffix, split_weights_selector
 from .presets import EncoderPreset
 from .registry import find_preset, get_family, list_encoder_types
+from .sources import META_FORMATS
 
 logger = logging.getLogger(__name__)
 
 PosInterp = Literal["meta", "hf"]
 SourceKind = Literal["hub", "local", "meta-pth", "random"]
-# What the user-facing source lists say about Meta files (help strings, README, `info`).
-META_FORMATS = ("a Meta checkpoint (DINOv2/DINOv3 .pth, I-JEPA .pth.tar; '#encoder' picks I-JEPA's context "
-                "encoder instead of target_encoder)")
-ENCODER_SOURCES_HELP = "preset, hub id, local directory (config.json + weights) or " + META_FORMATS
 
 
 class EncoderNotAvailableError(OSError):

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from ..encoders.sources import ENCODER_SOURCES_HELP
+
 logger = logging.getLogger(__name__)
 
 
@@ -140,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train a head on a frozen encoder (a rerun of the same command resumes)")
     t.add_argument("--head", required=True, help="linear, upernet or mask2former (configs/heads/<name>.yaml)")
-    t.add_argument("--encoder", required=True, help="preset name, hub id, local model directory or Meta .pth")
+    t.add_argument("--encoder", required=True, help=ENCODER_SOURCES_HELP)
     t.add_argument("--encoder-type", default=None, help="expected encoder family (default: inferred)")
     t.add_argument("--random-init", action="store_true", help="random encoder weights (tests, benchmarks)")
     t.add_argument("--num-classes", type=int, required=True, help="classes in the masks (255 = ignore)")

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ..encoders.sources import ENCODER_SOURCES_HELP
+
 logger = logging.getLogger(__name__)
 
 
@@ -177,7 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mem.add_argument("--images", required=True, help="folder of the reference images")
     mem.add_argument("--shots", type=int, default=None, help="references per class (config: memory.shots)")
     mem.add_argument("--seed", type=int, default=None, help="sampler seed (config: memory.seed)")
-    mem.add_argument("--encoder", required=True, help="preset, HF id, local directory or Meta .pth")
+    mem.add_argument("--encoder", required=True, help=ENCODER_SOURCES_HELP)
     mem.add_argument("--input-size", type=int, default=None, help="matcher input side (518 patch 14, 512 patch 16)")
     mem.add_argument("--classes", type=int, nargs="*", default=None, help="category ids (default: all)")
     mem.add_argument("--random-init", action="store_true", help="random encoder weights (benchmarks, tests)")

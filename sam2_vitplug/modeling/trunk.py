@@ -112,8 +112,10 @@ class ViTTrunkMultiScale(nn.Module):
     """A transformers ViT (DINOv2, DINOv3, I-JEPA, any ViT) as a SAM2 multi-scale trunk.
 
     Args:
-        pretrained: preset name, hub id, local directory or Meta DINOv2 ``.pth``
-            (see :func:`sam2_vitplug.encoders.load_encoder`).
+        pretrained: preset name, hub id, local directory, or a Meta checkpoint: DINOv2 / DINOv3
+            ``.pth``, I-JEPA ``.pth.tar`` (``file.pth.tar#encoder`` for its context encoder instead
+            of ``target_encoder``; quote it in a Hydra override) (see
+            :func:`sam2_vitplug.encoders.load_encoder`).
         encoder_type: expected family (``dino``, ``dinov3``, ``ijepa``, ``vit``); inferred if None.
         out_dims: channels per level, low-res first ``[C32, C16, C8, C4]``, or ``"auto"``.
         upsample_mode: ``bilinear``, ``deconv`` or ``transform_avg`` for the stride 8 and 4 levels.
