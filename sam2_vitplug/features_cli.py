@@ -83,18 +83,60 @@ def _atomic_save(path: Path, write) -> None:
 
 
 def save_features(path: Path, features: torch.Tensor, metadata: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    from .safetensors_io import save_safetensors
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    _atomic_save(path, lambda tmp: save_file({"features": features.contiguous().cpu()}, tmp, metadata=meta))
+    _atomic_save(path, lambda tmp: save_safetensors({"features": features.contiguous().cpu()}, tmp, metadata=meta))
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
+    """Write a picture in the format its suffix names (``.png``, ``.jpg``, ...)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    Image.fromarray(rgb).save(buf, format=fmt)
     _atomic_save(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def pca_picture(features: torch.Tensor, image: np.ndarray, *, beside: bool = False) -> np.ndarray:
+    """The PCA colours resized (bilinear) to the input image's own size, so it can be laid over
+    or next to the photo; with ``beside`` the photo and the picture side by side."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    rgb = np.asarray(Image.fromarray(pca_rgb(features)).resize((width, height), Image.BILINEAR))
+    return np.concatenate([image, rgb], axis=1) if beside else rgb
+
+
+# file suffixes that name a file, not a folder, for --out (anything but .safetensors is refused)
+FILE_LIKE = (*IMAGE_EXTS, ".pt", ".pth", ".npy", ".npz", ".bin", ".h5", ".json", ".safetensor")
+
+
+def auto_out_stride(channels: int, input_size: tuple[int, int], image_size: tuple[int, int], elem: int,
+                    patch_stride: int) -> int:
+    """The smallest output stride whose file (``channels x H/s x W/s`` at ``elem`` bytes) is no
+    larger than the decoded image (``h x w x 3`` bytes), but never coarser than the ViT's token
+    grid (``patch_stride``), below which the features would be plain token maps resampled."""
+    import math
+
+    budget = image_size[0] * image_size[1] * 3
+    need = channels * elem * input_size[0] * input_size[1] / max(budget, 1)
+    return int(min(patch_stride, max(1, math.ceil(math.sqrt(need)))))
+
+
+def available_bytes(device: str) -> int | None:
+    """Free memory on ``device`` (CUDA: ``mem_get_info``; CPU: ``MemAvailable``), or None."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _destinations(images: list[Path], out: str, pca: str | None) -> list[tuple[Path, Path | None]]:
@@ -115,20 +157,42 @@ def _destinations(images: list[Path], out: str, pca: str | None) -> list[tuple[P
 
 
 def _dest(path: Path, image: Path, suffix: str, flag: str, count: int) -> Path:
-    if path.suffix.lower() == suffix:
+    """``--pca`` takes any picture suffix (``x.jpg`` writes a JPEG); ``--out`` only
+    ``.safetensors``; a name like ``x.pt`` is refused rather than made a folder."""
+    as_file = path.suffix.lower() == suffix or (flag == "--pca" and path.suffix.lower() in IMAGE_EXTS)
+    if as_file:
         if count > 1:
             raise ValueError(f"{flag} '{path}' names one file but {count} images were given; pass a folder instead")
+        if path.is_dir():
+            raise ValueError(f"{flag} '{path}' is an existing folder; pass another file name or the folder without "
+                             "its suffix")
         return path
+    if path.suffix.lower() in FILE_LIKE and not path.is_dir():
+        raise ValueError(f"{flag} '{path}' looks like a {path.suffix} file, but features are written as {suffix}; "
+                         f"pass a {suffix} file name or a folder")
     if path.is_file():
         raise ValueError(f"{flag} '{path}' is an existing file; pass a {suffix} file name or a folder")
     return path / f"{image.stem}{suffix}"
 
 
-def cmd_features(args: argparse.Namespace) -> int:
+def _decoded_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` after a full decode, so a truncated file is named up front."""
     from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.size
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"image '{path}' cannot be decoded ({reason}): it is truncated or not an image; re-export it "
+                         "or remove it") from err
+
+
+def cmd_features(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cli import default_device
+    from .devices import parse_device
     from .encoders import load_encoder
     from .matching.encoder import DEFAULT_INPUT_SIZE
     from .matching.io import load_rgb
@@ -137,10 +201,12 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     images = collect_images(args.images)
     dests = _destinations(images, args.out, args.pca)
-    if args.out_stride < 1:
+    if args.out_stride is not None and args.out_stride < 1:
         raise ValueError(f"--out-stride must be >= 1 (1 = full input resolution), got {args.out_stride}")
     dtype = parse_dtype(args.dtype) or torch.float32
-    device = args.device or default_device()
+    out_dtype = parse_dtype(args.out_dtype) or torch.float16
+    device = parse_device(args.device)
+    sizes = [_decoded_size(image) for image in images]  # a truncated file fails here, before the model loads
 
     loaded = load_encoder(args.encoder, args.encoder_type, random_init=args.random_init)
     model = loaded.model.eval().to(device=device, dtype=dtype)
@@ -148,18 +214,29 @@ def cmd_features(args: argparse.Namespace) -> int:
                                    directions=args.directions, border=args.border,
                                    stride_reduction=args.stride_reduction, memory_budget=args.memory_budget)
     patch = extractor.patch_size
-    longer = args.input_size or DEFAULT_INPUT_SIZE.get(patch, 37 * patch)
+    default_longer = DEFAULT_INPUT_SIZE.get(patch, 37 * patch)
+    if args.input_size is not None and args.input_size < patch:
+        raise ValueError(f"--input-size {args.input_size} is smaller than this ViT's patch ({patch} px); use at least "
+                         f"{patch}, e.g. the default {default_longer} ({default_longer // patch} patches)")
+    longer = args.input_size or default_longer
     preset = loaded.preset
     mean = torch.tensor(preset.mean if preset else (0.485, 0.456, 0.406), device=device).view(1, 3, 1, 1)
     std = torch.tensor(preset.std if preset else (0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
 
     jobs = []
-    for image in images:  # every size, target and memory plan checked before the first forward
-        with Image.open(image) as img:
-            width, height = img.size
+    free = available_bytes(device)
+    elem = torch.finfo(out_dtype).bits // 8
+    for image, (width, height) in zip(images, sizes):  # every size, target and plan checked before the first forward
         size = input_size_for(height, width, longer, patch)
-        target = (max(1, int(size[0] / args.out_stride + 0.5)), max(1, int(size[1] / args.out_stride + 0.5)))
+        stride = args.out_stride or auto_out_stride(int(model.config.hidden_size), size, (height, width), elem,
+                                                    extractor.stride)
+        target = (max(1, int(size[0] / stride + 0.5)), max(1, int(size[1] / stride + 0.5)))
         plan = extractor.plan(1, *size, target, grad=False)
+        if free is not None and plan.estimated_bytes > free:
+            raise ValueError(f"--input-size {longer}: '{image.name}' at {size[1]}x{size[0]} px ({plan.tokens_per_image} "
+                             f"tokens, output {target[1]}x{target[0]}) needs about {format_bytes(plan.estimated_bytes)}, "
+                             f"more than the {format_bytes(free)} free on {device}; lower --input-size (default "
+                             f"{default_longer}) or raise --out-stride, or set --memory-budget")
         jobs.append((image, size, target, plan))
     first = jobs[0][3]
     logger.info("features: %s; %d ViT forward(s) of %d image(s) per input, ~%s planned", extractor.tset.describe(),
@@ -168,24 +245,29 @@ def cmd_features(args: argparse.Namespace) -> int:
     meta_common = {"encoder": str(args.encoder), "encoder_type": loaded.family.name, "source": loaded.location,
                    "transforms": extractor.k, "shift": extractor.tset.shift, "directions": extractor.tset.directions,
                    "border": extractor.tset.border, "patch_stride": extractor.stride, "patch_size": patch,
-                   "transform_set": extractor.tset.describe(), "dtype": str(dtype).replace("torch.", "")}
+                   "transform_set": extractor.tset.describe(), "dtype": str(out_dtype).replace("torch.", ""),
+                   "compute_dtype": str(dtype).replace("torch.", "")}
     bar = tqdm(total=len(jobs) * extractor.k, unit="view", desc="features", disable=args.quiet)
     with torch.inference_mode():
         for (image, size, target, plan), (out_path, pca_path) in zip(jobs, dests):
-            rgb = torch.from_numpy(load_rgb(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+            photo = load_rgb(image)
+            rgb = torch.from_numpy(photo).to(device).permute(2, 0, 1)[None].float() / 255.0
             shrink = size[0] < rgb.shape[-2] or size[1] < rgb.shape[-1]
             rgb = torch.nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False,
                                                   antialias=shrink)
             feats = extractor(((rgb - mean) / std).to(dtype), target, progress=bar.update)[0]
             meta = dict(meta_common, image=str(image), input_size=list(size), target_size=list(target),
                         grid=list(plan.grid))
-            save_features(out_path, feats, meta)
+            save_features(out_path, feats.to(out_dtype), meta)
             if pca_path is not None:
-                save_png(pca_path, pca_rgb(feats.float().cpu()))
+                save_png(pca_path, pca_picture(feats.float().cpu(), photo, beside=args.pca_beside))
     bar.close()
     where = dests[0][0] if len(dests) == 1 else dests[0][0].parent
+    target = jobs[0][2]
     print(f"wrote features of {len(jobs)} image(s) to {where} ({extractor.tset.describe()}, patch stride "
-          f"{extractor.stride})" + (f"; PCA pictures in {dests[0][1] if len(dests) == 1 else dests[0][1].parent}"
+          f"{extractor.stride}; {str(out_dtype).replace('torch.', '')} at {target[1]}x{target[0]}"
+          f"{' for the first' if len(jobs) > 1 else ''}; --out-stride 1 --out-dtype fp32 for full resolution and "
+          "precision)" + (f"; PCA pictures in {dests[0][1] if len(dests) == 1 else dests[0][1].parent}"
                                    if args.pca else ""))
     return 0
 
@@ -193,7 +275,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``features``."""
     p = subparsers.add_parser("features", help="high-resolution ViT features (transform averaging) + PCA picture",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
     p.add_argument("--encoder", required=True, help=ENCODER_SOURCES_HELP)
     p.add_argument("--encoder-type", default=None, help="expected encoder family (default: inferred)")
@@ -210,14 +292,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="patch-embedding stride P/2 (4x tokens: ~4x MLP and ~16x attention cost)")
     p.add_argument("--input-size", type=int, default=None,
                    help="longer image side fed to the ViT, rounded to the patch (default 518 patch 14, 512 patch 16)")
-    p.add_argument("--out-stride", type=int, default=1,
-                   help="output resolution = input size / this (1 = full input resolution)")
+    p.add_argument("--out-stride", type=int, default=None,
+                   help="output resolution = input size / this; 1 = full input resolution (default: the finest "
+                        "stride whose file is no larger than the decoded image, at most the patch stride)")
     p.add_argument("--memory-budget", default=None,
                    help="e.g. 4GiB: encode the K views in chunks that fit (default: all in one forward)")
-    p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16 for the ViT and the output")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16: the ViT's compute dtype")
+    p.add_argument("--out-dtype", default="fp16", choices=("fp16", "bf16", "fp32"),
+                   help="dtype of the saved features (fp32 for full precision)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--out", required=True,
                    help="features file (.safetensors, one image) or folder (<stem>.safetensors per image)")
-    p.add_argument("--pca", default=None, help="PCA picture (.png, one image) or folder (<stem>.png per image)")
+    p.add_argument("--pca", default=None,
+                   help="PCA picture at the image's size: a file (.png/.jpg/..., one image) or a folder (<stem>.png "
+                        "per image) (default: none)")
+    p.add_argument("--pca-beside", action="store_true", help="put the photo and its PCA picture side by side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_features)

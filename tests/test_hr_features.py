@@ -410,15 +410,16 @@ def test_features_command_folder(tiny_models, image_dir, tmp_path):
 
     out, pca = tmp_path / "feats", tmp_path / "pca"
     rc = main(["features", str(image_dir), "--encoder", str(tiny_models["dinov3"]), "--transforms", "4",
-               "--input-size", "64", "--out-stride", "2", "--out", str(out), "--pca", str(pca), "--quiet"])
+               "--input-size", "64", "--out-stride", "2", "--out-dtype", "fp32", "--out", str(out), "--pca", str(pca),
+               "--quiet"])
     assert rc == 0
-    for stem, size in [("im0", (48, 64)), ("im1", (64, 48))]:
+    for stem, size, photo in [("im0", (48, 64), (50, 70)), ("im1", (64, 48), (64, 40))]:
         with safe_open(str(out / f"{stem}.safetensors"), "pt") as f:
             feats, meta = f.get_tensor("features"), f.metadata()
         assert feats.shape == (32, size[0] // 2, size[1] // 2) and feats.dtype == torch.float32
         assert json.loads(meta["transforms"]) == 4 and json.loads(meta["input_size"]) == list(size)
         png = np.asarray(Image.open(pca / f"{stem}.png"))
-        assert png.shape == (size[0] // 2, size[1] // 2, 3) and png.std() > 10
+        assert png.shape == (*photo, 3) and png.std() > 10  # at the photo's own size
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
 
 
@@ -429,7 +430,8 @@ def test_features_command_single_file_stride_reduction(tiny_models, image_dir, t
 
     out = tmp_path / "one.safetensors"
     rc = main(["features", str(image_dir / "im0.png"), "--encoder", str(tiny_models["ijepa"]), "--transforms", "1",
-               "--stride-reduction", "--input-size", "56", "--out", str(out), "--pca", str(tmp_path / "one.png"),
+               "--stride-reduction", "--input-size", "56", "--out-stride", "1", "--out", str(out),
+               "--pca", str(tmp_path / "one.png"),
                "--quiet"])
     assert rc == 0
     with safe_open(str(out), "pt") as f:
@@ -461,6 +463,57 @@ def test_features_command_bad_paths(tiny_models, image_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["features", str(image_dir), "--encoder", "x", "--out", str(tmp_path / "o.safetensors")]) == 2
     assert "names one file but 2 images" in capsys.readouterr().err
+    assert main(["features", str(image_dir / "im0.png"), "--encoder", "x", "--out", str(tmp_path / "o.pt")]) == 2
+    assert "looks like a .pt file, but features are written as .safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def _photo(path: Path, size: int = 320) -> Path:
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_features_defaults_keep_a_photo_file_small_and_full_resolution_is_one_flag_away(tiny_models, tmp_path):
+    from safetensors import safe_open
+
+    from sam2_vitplug.cli import main
+
+    photo = _photo(tmp_path / "photo.jpg")
+    base = ["features", str(photo), "--encoder", str(tiny_models["dinov2"]), "--transforms", "1", "--quiet"]
+    # --pca x.jpg writes that JPEG (at the photo's size, beside it), not a folder named x.jpg
+    assert main([*base, "--out", str(tmp_path / "f.safetensors"), "--pca", str(tmp_path / "x.jpg"),
+                 "--pca-beside"]) == 0
+    assert (tmp_path / "f.safetensors").stat().st_size < 320 * 320 * 3  # below the decoded image
+    assert (tmp_path / "x.jpg").is_file() and Image.open(tmp_path / "x.jpg").size == (640, 320)
+    with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
+        assert f.get_tensor("features").dtype == torch.float16
+    assert main([*base, "--out", str(tmp_path / "full.safetensors"), "--out-stride", "1", "--out-dtype", "fp32"]) == 0
+    with safe_open(str(tmp_path / "full.safetensors"), "pt") as f:
+        assert f.get_tensor("features").shape == (32, 518, 518)  # the 518 px input, fp32
+        assert f.get_tensor("features").dtype == torch.float32
+
+
+@pytest.mark.parametrize("case, message", [
+    ("input_size_13", "--input-size 13 is smaller than this ViT's patch (14 px); use at least 14"),
+    ("input_size_100000", "needs about"),
+    ("truncated", "cannot be decoded"),
+])
+def test_features_bad_sizes_and_images_are_one_line(tiny_models, tmp_path, capsys, case, message):
+    from sam2_vitplug.cli import main
+
+    photo = _photo(tmp_path / "photo.jpg", size=64)
+    extra = {"input_size_13": ["--input-size", "13"], "input_size_100000": ["--input-size", "100000"],
+             "truncated": []}[case]
+    if case == "truncated":
+        photo.write_bytes(photo.read_bytes()[:300])
+    rc = main(["features", str(photo), "--encoder", str(tiny_models["dinov2"]), "--out", str(tmp_path / "o"),
+               "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and message in err[-1] and err[-1].startswith("sam2-vitplug: error:"), err
+    if case == "input_size_100000":
+        assert "lower --input-size" in err[-1]
+    assert not (tmp_path / "o").exists()
 
 
 def test_pca_picture_is_deterministic_and_follows_the_main_component():
