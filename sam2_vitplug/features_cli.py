@@ -204,7 +204,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if args.out_stride is not None and args.out_stride < 1:
         raise ValueError(f"--out-stride must be >= 1 (1 = full input resolution), got {args.out_stride}")
     dtype = parse_dtype(args.dtype) or torch.float32
-    out_dtype = parse_dtype(args.out_dtype) or torch.float16
+    out_dtype = parse_dtype(args.out_dtype) or torch.float32
     device = parse_device(args.device)
     sizes = [_decoded_size(image) for image in images]  # a truncated file fails here, before the model loads
 
@@ -266,8 +266,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     target = jobs[0][2]
     print(f"wrote features of {len(jobs)} image(s) to {where} ({extractor.tset.describe()}, patch stride "
           f"{extractor.stride}; {str(out_dtype).replace('torch.', '')} at {target[1]}x{target[0]}"
-          f"{' for the first' if len(jobs) > 1 else ''}; --out-stride 1 --out-dtype fp32 for full resolution and "
-          "precision)" + (f"; PCA pictures in {dests[0][1] if len(dests) == 1 else dests[0][1].parent}"
+          f"{' for the first' if len(jobs) > 1 else ''}{'' if args.out_stride else '; --out-stride 1 for full resolution'})" + (f"; PCA pictures in {dests[0][1] if len(dests) == 1 else dests[0][1].parent}"
                                    if args.pca else ""))
     return 0
 
@@ -298,8 +297,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", default=None,
                    help="e.g. 4GiB: encode the K views in chunks that fit (default: all in one forward)")
     p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16: the ViT's compute dtype")
-    p.add_argument("--out-dtype", default="fp16", choices=("fp16", "bf16", "fp32"),
-                   help="dtype of the saved features (fp32 for full precision)")
+    p.add_argument("--out-dtype", default="fp32", choices=("fp16", "bf16", "fp32"),
+                   help="dtype of the saved features (fp16 halves the file)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--out", required=True,
                    help="features file (.safetensors, one image) or folder (<stem>.safetensors per image)")

@@ -487,11 +487,17 @@ def test_features_defaults_keep_a_photo_file_small_and_full_resolution_is_one_fl
     assert (tmp_path / "f.safetensors").stat().st_size < 320 * 320 * 3  # below the decoded image
     assert (tmp_path / "x.jpg").is_file() and Image.open(tmp_path / "x.jpg").size == (640, 320)
     with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
-        assert f.get_tensor("features").dtype == torch.float16
-    assert main([*base, "--out", str(tmp_path / "full.safetensors"), "--out-stride", "1", "--out-dtype", "fp32"]) == 0
+        default = f.get_tensor("features")
+    assert default.dtype == torch.float32 and 37 <= default.shape[-1] < 518  # between the token grid and full size
+    assert main([*base, "--out", str(tmp_path / "full.safetensors"), "--out-stride", "1"]) == 0
     with safe_open(str(tmp_path / "full.safetensors"), "pt") as f:
-        assert f.get_tensor("features").shape == (32, 518, 518)  # the 518 px input, fp32
-        assert f.get_tensor("features").dtype == torch.float32
+        assert f.get_tensor("features").shape == (32, 518, 518)  # the 518 px input
+    assert main([*base, "--out", str(tmp_path / "half.safetensors"), "--out-dtype", "fp16"]) == 0
+    with safe_open(str(tmp_path / "half.safetensors"), "pt") as f:
+        half = f.get_tensor("features")
+    # fp16 halves the bytes per value, so the automatic stride is finer and the file still fits
+    assert half.dtype == torch.float16 and half.shape[-1] > default.shape[-1]
+    assert (tmp_path / "half.safetensors").stat().st_size < 320 * 320 * 3
 
 
 @pytest.mark.parametrize("case, message", [
