@@ -22,7 +22,6 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplu
 
 
 from .devices import default_device, parse_device  # noqa: E402,F401 - re-exported: subcommands import it from here
-from .encoders.sources import ENCODER_SOURCES_HELP  # noqa: E402 - plain strings, no torch import
 
 
 def _version(dist: str) -> str:
@@ -263,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="build a config, run one synthetic forward, print shapes, params, timing")
     check.add_argument("config", help="config name, e.g. sam2_vit_dino.yaml or configs/sam2.1/sam2.1_hiera_t.yaml")
     check.add_argument("--sam2-ckpt", default=None, help="official SAM2 checkpoint to load around the trunk")
-    check.add_argument("--pretrained", default=None, help="override the trunk's weights: " + ENCODER_SOURCES_HELP)
+    check.add_argument("--pretrained", default=None,
+                       help="override the trunk's weights: preset, hub id, local directory or a Meta checkpoint "
+                            "(DINOv2/DINOv3 .pth, I-JEPA .pth.tar: its target_encoder)")
     check.add_argument("--random-init", action="store_true", help="random trunk weights of the same architecture")
     check.add_argument("--image-size", type=int, default=None,
                        help="override model.image_size (multiple of 16; default: the config's)")

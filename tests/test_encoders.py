@@ -230,7 +230,9 @@ def test_encoder_help_lists_the_meta_formats(argv, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "DINOv2/DINOv3 .pth, I-JEPA .pth.tar" in text and "'#encoder'" in text
+    assert "DINOv2/DINOv3 .pth, I-JEPA .pth.tar" in text
+    if argv[0] != "check":  # check passes --pretrained to Hydra unquoted, where '#' does not parse
+        assert "'#encoder'" in text
 
 
 def test_info_lists_the_meta_formats(capsys):
