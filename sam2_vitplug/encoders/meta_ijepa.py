@@ -82,7 +82,8 @@ def infer_ijepa_config(sd: Mapping[str, Tensor]) -> IJepaConfig:
         raise ValueError(f"block indices are not contiguous from 0: {block_ids}")
     fc1 = "blocks.0.mlp.fc1.weight"
     if fc1 not in sd:
-        raise ValueError(f"block 0 has no mlp.fc1.weight; found {sample_keys(k for k in sd if k.startswith('blocks.0.'))}")
+        found = sample_keys(k for k in sd if k.startswith("blocks.0."))
+        raise ValueError(f"block 0 has no mlp.fc1.weight; found {found}")
     return IJepaConfig(
         hidden_size=hidden,
         num_hidden_layers=len(block_ids),
