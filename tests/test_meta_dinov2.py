@@ -252,8 +252,9 @@ def test_keys_swiglu():
 
 
 def test_keys_registers(tmp_path):
-    # The 2023 dinov2 package has no register tokens, so the *_reg4 layout is built by hand
-    # (Meta's later code only adds `register_tokens` of shape (1, R, C)); checked structurally.
+    # The 2023 dinov2 package has no register tokens, so the *_reg4 layout is built by hand here
+    # (Meta's later code only adds `register_tokens` of shape (1, R, C)); the numbers of real
+    # _reg4 files against Meta's current code are checked in tests/test_meta_reference.py.
     sd = dict(_reference(depth=2).state_dict())
     with pytest.raises(TypeError):
         vits.DinoVisionTransformer(num_register_tokens=4)

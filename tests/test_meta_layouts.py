@@ -200,3 +200,17 @@ def test_encoder_type_must_match_the_file():
     with pytest.raises(ValueError, match="'dinov3_vit' model but encoder_type='dino'"):
         load_encoder(str(DINOV3_MLP), encoder_type="dino")
     assert load_encoder(str(IJEPA), encoder_type="ijepa").family.name == "ijepa"
+
+
+def test_bf16_file_keeps_the_rope_base(tmp_path):
+    """A file saved in bf16 holds the periods to ~3 digits; the base is still Meta's 100."""
+    sd = {k: v.to(torch.bfloat16) for k, v in _tiny_dinov3().items()}
+    enc = load_encoder(_save(tmp_path, "bf16.pth", sd))
+    assert enc.config.rope_theta == 100.0 and enc.model.embeddings.cls_token.dtype == torch.bfloat16
+
+
+def test_convnext_is_named(tmp_path):
+    path = _save(tmp_path, "dinov3_convnext_tiny.pth", {"downsample_layers.0.0.weight": torch.zeros(2, 3, 4, 4),
+                                                        "stages.0.0.dwconv.weight": torch.zeros(2, 1, 7, 7)})
+    with pytest.raises(ValueError, match="looks like a DINOv3 ConvNeXt backbone.*ViTs only"):
+        load_encoder(path)

@@ -165,6 +165,9 @@ def detect_layout(sd: Mapping[str, Tensor], path: Path, top_level: Any = None) -
            f"(but has {', '.join(k for k in lay.forbidden if k in sd)}, which {lay.title} never has)")
         for lay in LAYOUTS
     )
+    if any(k.startswith(("downsample_layers.", "stages.")) for k in sd):
+        raise ValueError(f"{path} looks like a DINOv3 ConvNeXt backbone (keys {sample_keys(sd.keys(), 3)}); "
+                         "sam2-vitplug plugs in ViTs only: use a DINOv3 ViT checkpoint (dinov3_vit*16*.pth)")
     training = _training_keys(top_level)
     lead = (f"{path} is a training checkpoint (it has {', '.join(repr(k) for k in training)}) whose model weights "
             "are in no Meta release layout sam2-vitplug knows" if training else

@@ -17,6 +17,7 @@ Meta layout (per block ``i``)::
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Mapping
@@ -76,17 +77,25 @@ _BLOCK_RENAMES = {
 
 
 def _rope_theta(periods: Tensor) -> float:
-    """The RoPE base whose ``base ** (i / n)`` (transformers' rule) gives Meta's ``periods``."""
+    """The RoPE base whose ``base ** (i / n)`` (transformers' rule) gives Meta's ``periods``.
+
+    The tolerance follows the stored dtype (a bf16 file holds periods to ~3 digits); a base that
+    close to an integer is taken as that integer (Meta's hub models all use 100).
+    """
+    rtol = max(_ROPE_RTOL, 2 * torch.finfo(periods.dtype).eps) if periods.is_floating_point() else _ROPE_RTOL
     p = periods.detach().double().cpu()
     n = p.numel()
-    if n < 2 or abs(float(p[0]) - 1.0) > _ROPE_RTOL:
+    if n < 2 or abs(float(p[0]) - 1.0) > rtol:
         raise ValueError(
             f"rope_embed.periods starts at {float(p[0]):.6g}, not 1: the file uses min/max-period RoPE, which "
             "transformers' DINOv3ViTModel (base ** (i/n) periods) cannot represent"
         )
-    base = float(f"{float(p[-1]) ** (n / (n - 1)):.6g}")
+    frac = torch.arange(1, n, dtype=torch.float64) / n  # least squares of log p_i = frac_i * log(base)
+    base = math.exp(float((frac * p[1:].log()).sum() / (frac * frac).sum()))
+    if abs(round(base) - base) <= rtol * base * n:
+        base = float(round(base))
     want = base ** (torch.arange(n, dtype=torch.float64) / n)
-    if not torch.allclose(p, want, rtol=_ROPE_RTOL, atol=0.0):
+    if not torch.allclose(p, want, rtol=rtol, atol=0.0):
         raise ValueError(
             f"rope_embed.periods {p.tolist()[:4]}... are not base ** (i/n) for any base (closest {base:g}); "
             "transformers' DINOv3ViTModel cannot represent this RoPE"
