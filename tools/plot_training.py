@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -37,8 +36,12 @@ def draw(curves: dict[str, list[tuple[int, float]]], out: Path, title: str, wind
     """Render ``{label: [(step, loss), ...]}`` to ``out`` (PNG), written atomically."""
     from PIL import Image, ImageDraw
 
+    from sam2_vitplug.atomic import atomic_target
+    from sam2_vitplug.heads.plots import font, nice_ticks
+
+    small, big = font(14), font(16)
     width, height = size
-    left, right, top, bottom = 70, 20, 40, 50
+    left, right, top, bottom = 80, 20, 50, 56
     image = Image.new("RGB", size, "white")
     pen = ImageDraw.Draw(image)
     points = [(s, v) for c in curves.values() for s, v in c if v > 0 and math.isfinite(v)]
@@ -53,16 +56,20 @@ def draw(curves: dict[str, list[tuple[int, float]]], out: Path, title: str, wind
         fy = (math.log10(value) - y_min) / (y_max - y_min)
         return left + fx * (width - left - right), height - bottom - fy * (height - top - bottom)
 
-    pen.rectangle([left, top, width - right, height - bottom], outline="black")
     for decade in range(y_min, y_max + 1):
         _, y = xy(s_min, 10 ** decade)
         pen.line([left, y, width - right, y], fill=(225, 225, 225))
-        pen.text((8, y - 6), f"1e{decade}", fill="black")
-    for step in sorted({round(s_min + k * (s_max - s_min) / 5) for k in range(6)}):
+        text = f"{10 ** decade:g}"
+        pen.text((left - 8 - pen.textlength(text, font=small), y - 8), text, fill="black", font=small)
+    pen.rectangle([left, top, width - right, height - bottom], outline="black")  # over the grid lines
+    for step in [t for t in nice_ticks(s_min, s_max, 6) if s_min <= t <= s_max] or [s_min]:
         x, _ = xy(step, 10 ** y_min)
-        pen.text((x - 10, height - bottom + 8), f"{int(step)}", fill="black")
-    pen.text((width // 2 - 20, height - 22), "step", fill="black")
-    pen.text((left, 12), title, fill="black")
+        pen.line([x, height - bottom, x, height - bottom + 5], fill="black")
+        pen.text((x - pen.textlength(str(int(step)), font=small) / 2, height - bottom + 8), f"{int(step)}",
+                 fill="black", font=small)
+    pen.text((width // 2 - 20, height - 26), "step", fill="black", font=small)
+    pen.text((8, top - 22), "loss (log scale)", fill="black", font=small)
+    pen.text((left, 8), title, fill="black", font=big)
     for i, (label, curve) in enumerate(curves.items()):
         colour = COLOURS[i % len(COLOURS)]
         curve = [(s, v) for s, v in curve if v > 0 and math.isfinite(v)]
@@ -70,11 +77,9 @@ def draw(curves: dict[str, list[tuple[int, float]]], out: Path, title: str, wind
             pen.line([xy(s, v) for s, v in curve], fill=tuple(int(c * 0.4 + 153) for c in colour), width=1)
             smooth = _smooth([v for _, v in curve], window)
             pen.line([xy(s, v) for (s, _), v in zip(curve, smooth)], fill=colour, width=3)
-        pen.text((width - right - 260, top + 8 + 14 * i), f"{label} ({len(curve)} steps)", fill=colour)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out)
+        pen.text((width - right - 300, top + 8 + 18 * i), f"{label} ({len(curve)} steps)", fill=colour, font=small)
+    with atomic_target(out, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     values = out.with_suffix(".json")
-    values.write_text(json.dumps({"tag": tag, "curves": curves}, indent=1))
+    from sam2_vitplug.atomic import atomic_write_bytes
+
+    atomic_write_bytes(values, json.dumps({"tag": tag, "curves": curves}, indent=1).encode())
     for name, curve in curves.items():
         print(f"{name}: {len(curve)} steps, loss {curve[0][1]:.3g} -> {curve[-1][1]:.3g}")
     print(f"wrote {out} and {values}")
