@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -67,4 +68,26 @@ def tiny_overrides(model_dir: Path, image_size: int = 128, **trunk: object) -> l
         f"++model.image_size={image_size}",
     ]
     out += [f"++model.image_encoder.trunk.{k}={v}" for k, v in trunk.items()]
+    return out
+
+
+def clear_references(coco_path: Path, out: Path, *, box_only: bool = False) -> Path:
+    """The annotations every sampler rule accepts (boxes >= 16 px, 12 px clear of the borders),
+    and only the classes that have one, so the test holds whatever the method's rule."""
+    coco = json.loads(coco_path.read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+
+    def clear(ann) -> bool:
+        x, y, w, h = ann["bbox"]
+        width, height = sizes[ann["image_id"]]
+        return min(w, h) >= 16 and min(x, y, width - x - w, height - y - h) >= 12
+
+    coco["annotations"] = [a for a in coco["annotations"] if clear(a)]
+    used = {a["category_id"] for a in coco["annotations"]}
+    coco["categories"] = [c for c in coco["categories"] if c["id"] in used]
+    assert coco["annotations"], "the synthetic data has no reference far enough from the borders"
+    if box_only:
+        for ann in coco["annotations"]:
+            ann.pop("segmentation", None)
+    out.write_text(json.dumps(coco))
     return out

@@ -226,3 +226,25 @@ def test_layernorm2d_equals_upstream():
     x = torch.randn(2, 24, 9, 7) * 3 + 1
     # same math, different reduction order: fp32 rounding only
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_train_mode_forwards_are_deterministic_unless_augmentation_is_asked(tiny_models, name):
+    """DINOv3's transformers model jitters its RoPE coordinates in train mode (pos_embed_rescale
+    2.0 by default); the trunk keeps that off unless ``train_augmentation=True``. Other families
+    have no such module: their train-mode forwards are identical either way."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for augment in (False, True):
+        trunk = ViTTrunkMultiScale(str(tiny_models[name]), out_dims=TINY_OUT_DIMS, train_augmentation=augment)
+        trunk.train()
+        with torch.no_grad():
+            first, second = trunk(x)[2], trunk(x)[2]
+            trunk.eval()
+            evaluated = trunk(x)[2], trunk(x)[2]
+        assert torch.equal(*evaluated), "eval mode never augments"
+        if augment and name == "dinov3":
+            # a random rescale in [1/2, 2] of the RoPE coordinates moves every token; 1e-6 is far
+            # below that and far above float noise of two identical forwards (which is exactly 0)
+            assert (first - second).abs().max() > 1e-6
+        else:
+            assert torch.equal(first, second)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OUT_DIMS, _tiny_configs, tiny_overrides
+from conftest import _tiny_configs, clear_references, tiny_overrides
 from sam2.build_sam import build_sam2
 
 from sam2_vitplug.build import (
@@ -262,28 +262,6 @@ def fewshot_data(tmp_path_factory) -> Path:
                         DatasetSpec(train=4, val=2, image_size=128, seed=11, min_instances=2, max_instances=3))
 
 
-def _references(coco_path: Path, out: Path, *, box_only: bool = False) -> Path:
-    """The annotations every sampler rule accepts (boxes >= 16 px, 12 px clear of the borders),
-    and only the classes that have one, so the test holds whatever the method's rule."""
-    coco = json.loads(coco_path.read_text())
-    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-
-    def clear(ann) -> bool:
-        x, y, w, h = ann["bbox"]
-        width, height = sizes[ann["image_id"]]
-        return min(w, h) >= 16 and min(x, y, width - x - w, height - y - h) >= 12
-
-    coco["annotations"] = [a for a in coco["annotations"] if clear(a)]
-    used = {a["category_id"] for a in coco["annotations"]}
-    coco["categories"] = [c for c in coco["categories"] if c["id"] in used]
-    assert coco["annotations"], "the synthetic data has no reference far enough from the borders"
-    if box_only:
-        for ann in coco["annotations"]:
-            ann.pop("segmentation", None)
-    out.write_text(json.dumps(coco))
-    return out
-
-
 def meta_dinov2_pth(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """A tiny DINOv2 in Meta's release layout, built by Meta's own code under SOURCE_SEED."""
     vits = pytest.importorskip("dinov2.models.vision_transformer")
@@ -358,7 +336,7 @@ def test_fewshot_memory_and_run_use_the_given_sam2_checkpoint(fewshot_data, hier
     sam2 = ["--sam2-config", "sam2.1_hiera_t.yaml", "--sam2-ckpt", str(path), "--sam2-override",
             "++model.image_size=256"]
     enc_arg, enc_source = encoder_sources["directory"]
-    refs = _references(fewshot_data / "train" / "annotations.json", tmp_path / "refs_boxes.json", box_only=True)
+    refs = clear_references(fewshot_data / "train" / "annotations.json", tmp_path / "refs_boxes.json", box_only=True)
     bank = tmp_path / "bank.safetensors"
     audit = _audited(monkeypatch, tmp_path)
     assert main(["fewshot", "memory", "--refs", str(refs), "--images", str(fewshot_data / "train" / "images"),
@@ -384,7 +362,7 @@ def test_encoder_flag_of_fewshot_memory_and_features(fewshot_data, encoder_sourc
 
     enc_arg, enc_source = encoder_sources[kind]
     audit = _audited(monkeypatch, tmp_path)
-    refs = _references(fewshot_data / "train" / "annotations.json", tmp_path / "refs.json")
+    refs = clear_references(fewshot_data / "train" / "annotations.json", tmp_path / "refs.json")
     assert main(["fewshot", "memory", "--refs", str(refs),
                  "--images", str(fewshot_data / "train" / "images"), "--shots", "1", "--encoder", enc_arg,
                  "--out", str(tmp_path / "bank.safetensors"), "--set", "memory.min_size=16", "--device", "cpu"]) == 0

@@ -86,9 +86,9 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike, *, o
         "build_sam2": run_build_info(ckpt_path),
     }
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from sam2_vitplug.safetensors_io import save_safetensors
 
-        _atomic(out, lambda tmp: save_file(state, tmp))
+        _atomic(out, lambda tmp: save_safetensors(state, tmp))
     else:
         _atomic(out, lambda tmp: torch.save({"model": state}, tmp))
     sidecar = out.with_name(out.name + SIDECAR_SUFFIX)

@@ -163,7 +163,9 @@ def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mod
         _sync(device)
         seconds.append(time.perf_counter() - t0)
         _save_png(labels, out_dir / f"{path.stem}_mask.png")
-        _save_png(overlay(rgb, labels, model.config.names, fps=1 / seconds[-1], background=background), out_dir / f"{path.stem}_overlay.png")
+        # no FPS caption on still images: the files must not depend on timing (two runs, same bytes);
+        # the timing is in the returned summary
+        _save_png(overlay(rgb, labels, model.config.names, background=background), out_dir / f"{path.stem}_overlay.png")
     return {"images": len(files), "seconds": sum(seconds), "fps": len(seconds) / max(sum(seconds), 1e-9)}
 
 
