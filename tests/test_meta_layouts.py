@@ -148,11 +148,14 @@ def test_local_cls_norm_is_dropped_and_changes_nothing(tmp_path):
         assert torch.equal(plain(pixel_values=x).last_hidden_state, with_local(pixel_values=x).last_hidden_state)
 
 
-def test_key_bias_is_checked_against_bias_mask(tmp_path):
+def test_bias_mask_is_checked(tmp_path):
     sd = _tiny_dinov3()
-    sd["blocks.1.attn.qkv.bias_mask"] = torch.ones(384)  # k bias used: not what DINOv3ViTModel computes
-    with pytest.raises(ValueError, match="bias_mask is not 1/0/1"):
+    sd["blocks.1.attn.qkv.bias_mask"] = torch.ones(384)  # k bias used in block 1 only
+    with pytest.raises(ValueError, match="masks the key bias in some blocks only"):
         load_encoder(_save(tmp_path, "kmask.pth", sd))
+    sd["blocks.1.attn.qkv.bias_mask"] = torch.cat([torch.zeros(128), torch.ones(256)])  # q bias masked
+    with pytest.raises(ValueError, match=r"bias_mask is not 1/0/1 \(or 1/1/1\)"):
+        load_encoder(_save(tmp_path, "qmask.pth", sd))
 
 
 def test_min_max_period_rope_is_refused(tmp_path):
@@ -214,3 +217,51 @@ def test_convnext_is_named(tmp_path):
                                                         "stages.0.0.dwconv.weight": torch.zeros(2, 1, 7, 7)})
     with pytest.raises(ValueError, match="looks like a DINOv3 ConvNeXt backbone.*ViTs only"):
         load_encoder(path)
+
+
+def _tokens(source: str, px: int = 64) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, px, px)
+    with torch.no_grad():
+        return load_encoder(source).model(pixel_values=x).last_hidden_state
+
+
+def test_key_bias_without_a_mask_is_kept(tmp_path):
+    """mask_k_bias=False files (no bias_mask): Meta adds the k bias, and with RoPE it is not a softmax-row
+    constant (it is rotated per position), so it must be kept: key_bias=True with the file's k third."""
+    sd = {k: v for k, v in _tiny_dinov3().items() if not k.endswith("bias_mask")}
+    enc = load_encoder(_save(tmp_path, "nomask.pth", sd))
+    assert enc.config.key_bias
+    for i in range(enc.config.num_hidden_layers):
+        got = enc.model.state_dict()[f"model.layer.{i}.attention.k_proj.bias"]
+        assert torch.equal(got, sd[f"blocks.{i}.attn.qkv.bias"][128:256]) and got.abs().max() > 0.05
+    # the k bias changes the tokens far beyond any rounding (measured 0.14), so dropping it would be wrong
+    assert (_tokens(str(tmp_path / "nomask.pth")) - _tokens(str(DINOV3_MLP))).abs().max().item() > 0.01
+
+
+def test_missing_layerscale_is_the_identity(tmp_path):
+    sd = _tiny_dinov3()
+    ones = {k: torch.ones_like(v) if k.endswith(("ls1.gamma", "ls2.gamma")) else v for k, v in sd.items()}
+    without = {k: v for k, v in sd.items() if not k.endswith(("ls1.gamma", "ls2.gamma"))}
+    assert torch.equal(_tokens(_save(tmp_path, "no_ls.pth", without)), _tokens(_save(tmp_path, "ones.pth", ones)))
+
+
+def test_no_storage_tokens(tmp_path):
+    sd = {k: v for k, v in _tiny_dinov3().items() if k != "storage_tokens"}
+    enc = load_encoder(_save(tmp_path, "no_storage.pth", sd))
+    assert enc.config.num_register_tokens == 0
+    assert _tokens(str(tmp_path / "no_storage.pth")).shape == (1, 1 + 16, 128)
+
+
+def test_default_ijepa_choice_is_announced(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sam2_vitplug.encoders.loading"):
+        load_encoder(str(IJEPA))
+    assert "using its 'target_encoder' weights (the default" in caplog.text and "'#encoder'" in caplog.text
+
+
+def test_ijepa_entry_holding_another_family(tmp_path):
+    path = _save(tmp_path, "odd.pth.tar", {"encoder": _tiny_dinov3(), "epoch": 1})
+    with pytest.raises(ValueError, match="the 'encoder' entry is a DINOv3 state dict, not I-JEPA"):
+        load_encoder(path + "#encoder")

@@ -146,7 +146,7 @@ def infer_dinov3_config(sd: Mapping[str, Tensor]) -> DINOv3ViTConfig:
         layer_norm_eps=_LAYER_NORM_EPS,
         rope_theta=_rope_theta(sd["rope_embed.periods"]),
         query_bias=qkv_bias,
-        key_bias=False,  # Meta masks it (bias_mask); a key bias cannot change softmax attention anyway
+        key_bias=_uses_key_bias(sd, hidden),  # released files mask it (bias_mask 1/0/1): False
         value_bias=qkv_bias,
         proj_bias=f"{b0}attn.proj.bias" in sd,
         mlp_bias=f"{up[:-len('weight')]}bias" in sd,
@@ -159,23 +159,43 @@ def infer_dinov3_config(sd: Mapping[str, Tensor]) -> DINOv3ViTConfig:
     return config
 
 
-def _split_qkv(prefix: str, key: str, value: Tensor, hidden: int, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def _uses_key_bias(sd: Mapping[str, Tensor], hidden: int) -> bool:
+    """Whether Meta's forward adds the k third of ``qkv.bias``: read from ``qkv.bias_mask`` (released
+    files: 1/0/1, ``mask_k_bias=True``); a file without a mask (``mask_k_bias=False``) uses it.
+
+    The k bias matters here: RoPE rotates it per position, so it is not a per-row softmax constant.
+    Masks other than all-ones / all-zeros per third, or that differ between blocks, cannot be
+    represented (DINOv3ViTModel has one q/k/v bias switch each) and are refused.
+    """
+    masks = {k: v for k, v in sd.items() if k.endswith("attn.qkv.bias_mask")}
+    biases = [k for k in sd if k.endswith("attn.qkv.bias")]
+    if not biases:
+        return False
+    if not masks:
+        return True
+    uses = set()
+    for key in biases:
+        mask = masks.get(key + "_mask")
+        if mask is None:
+            raise ValueError(f"{key} has no {key}_mask while other blocks have one; the file is inconsistent")
+        q, k, v = mask.reshape(3, hidden)
+        if not (bool((q == 1).all()) and bool((v == 1).all()) and (bool((k == 0).all()) or bool((k == 1).all()))):
+            raise ValueError(f"{key}_mask is not 1/0/1 (or 1/1/1) over q/k/v: this file's attention biases are "
+                             "masked in a way DINOv3ViTModel (one q, k, v bias switch each) cannot represent")
+        uses.add(bool((k == 1).all()))
+    if len(uses) > 1:
+        raise ValueError("qkv.bias_mask masks the key bias in some blocks only; DINOv3ViTModel cannot represent it")
+    return uses.pop()
+
+
+def _split_qkv(prefix: str, key: str, value: Tensor, hidden: int, key_bias: bool) -> dict[str, Tensor]:
     kind = key.rsplit(".", 1)[1]
     if value.shape[0] != 3 * hidden:
         raise ValueError(f"{key} has shape {tuple(value.shape)}, expected first dim {3 * hidden}")
     q, k, v = value.chunk(3, dim=0)  # Meta lays the fused output out as [q; k; v], head-major
     out = {f"{prefix}attention.q_proj.{kind}": q.clone(), f"{prefix}attention.v_proj.{kind}": v.clone()}
-    if kind == "weight":
-        out[f"{prefix}attention.k_proj.weight"] = k.clone()
-        return out
-    mask_key = key + "_mask"
-    if mask_key in sd:
-        mask = sd[mask_key].reshape(3, hidden)
-        if not (bool((mask[1] == 0).all()) and bool((mask[0] == 1).all()) and bool((mask[2] == 1).all())):
-            raise ValueError(f"{mask_key} is not 1/0/1 over q/k/v: this file's attention biases are masked in a "
-                             "way DINOv3ViTModel (q and v biases, no k bias) cannot represent")
-    # Without a mask the k bias is dropped too: it adds q.b_k to every logit of a row, a constant
-    # that softmax removes, so the attention is unchanged.
+    if kind == "weight" or key_bias:  # a masked k bias (checked in _uses_key_bias) is dropped
+        out[f"{prefix}attention.k_proj.{kind}"] = k.clone()
     return out
 
 
@@ -187,7 +207,7 @@ def convert_meta_dinov3_state_dict(sd: Mapping[str, Tensor], config: DINOv3ViTCo
     unknown: list[str] = []
     for key, value in sd.items():
         if key in _DROPPED or key.startswith("local_cls_norm.") or key.endswith("attn.qkv.bias_mask"):
-            continue  # local_cls_norm normalises local crops in training only; bias_mask is checked with qkv
+            continue  # local_cls_norm normalises local crops in training only; bias_mask read into key_bias
         if key in _TOP_RENAMES:
             out[_TOP_RENAMES[key]] = value
         elif key == "mask_token":
@@ -197,7 +217,7 @@ def convert_meta_dinov3_state_dict(sd: Mapping[str, Tensor], config: DINOv3ViTCo
             if rest in _BLOCK_RENAMES:
                 out[prefix + _BLOCK_RENAMES[rest]] = value
             elif rest in ("attn.qkv.weight", "attn.qkv.bias"):
-                out.update(_split_qkv(prefix, key, value, hidden, sd))
+                out.update(_split_qkv(prefix, key, value, hidden, bool(config.key_bias)))
             else:
                 unknown.append(key)
         else:
