@@ -14,8 +14,9 @@ on the stored tokens (full grid in brackets, measured against ../shared's comple
                    | chunked 518: patch 1.5e-6 cls 8.3e-7 reg 1.2e-6
     I-JEPA         224: target_encoder 2.6e-6, encoder 1.9e-6 (patch; I-JEPA has no CLS)
 
-so ATOL is ~30x the worst case, while every mapping mistake tried (gelu for SwiGLU's silu, the other I-JEPA
-encoder, a skipped register) is > 0.1 away.
+so ATOL is ~30x the worst case, while the mapping mistakes tried are far above it: gelu instead of SwiGLU's
+silu (> 100 ATOL, test_swiglu_needs_silu), the other I-JEPA encoder (0.68), a dropped unmasked key bias
+(0.14, tests/test_meta_layouts.py).
 """
 
 from __future__ import annotations
