@@ -132,7 +132,9 @@ def _vit_params():
     for config, (family, size) in VIT_CONFIGS.items():
         marks = [pytest.mark.slow] if size == "l" else []
         yield pytest.param(config, family, size, "image", marks=marks, id=f"{config}-image")
-    yield pytest.param("sam2_vit_dino_s.yaml", "dinov2", "s", "video", id="sam2_vit_dino_s.yaml-video")
+    for config in ("sam2_vit_dino_s.yaml", "sam2_vit_dinov3_s.yaml", "sam2_vit_ijepa_512.yaml"):
+        family, size = VIT_CONFIGS[config]
+        yield pytest.param(config, family, size, "video", id=f"{config}-video")
 
 
 @pytest.mark.parametrize("config,family,size,builder", list(_vit_params()))
