@@ -132,8 +132,8 @@ def test_corrupt_checkpoints_are_one_line(tiny_models, data, checkpoint, tmp_pat
     bad = tmp_path / "bad.pt"
     content = {"zero_byte": b"", "truncated": checkpoint.read_bytes()[:4000], "text": b"not a checkpoint\n"}[kind]
     bad.write_bytes(content)
-    expected = {"zero_byte": "is empty (0 bytes)", "truncated": "cannot be read as a torch checkpoint",
-                "text": "cannot be read as a torch checkpoint"}[kind]
+    expected = {"zero_byte": "is empty (0 bytes)", "truncated": "cannot be read as a torch checkpoint: it is truncated",
+                "text": "it is not a torch file"}[kind]
     image = sorted((data / "img").iterdir())[0]
     commands = {
         "train": _seg_args(tiny_models, data, tmp_path / "ck", "--epochs", "1", "--resume-checkpoint", str(bad)),

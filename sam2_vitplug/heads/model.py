@@ -203,6 +203,20 @@ def save_checkpoint(path: str | os.PathLike, model: SegModel, **extra: Any) -> N
 CHECKPOINT_KEYS = ("format", "config", "model")
 
 
+def _unreadable_reason(path: Path, err: BaseException) -> str:
+    """Why ``torch.load`` failed, in a few words: torch's own messages run to several lines."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(1)
+    if head != b"\x80" and not zipfile.is_zipfile(path):
+        if head == b"P":  # a zip's local header starts with PK: the end (central directory) is missing
+            return "it is truncated (the zip archive has no end), probably from an interrupted copy"
+        return "it is not a torch file (neither a zip archive nor a pickle)"
+    first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+    return f"it is truncated or corrupt ({type(err).__name__}: {first[:120]})"
+
+
 def read_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint") -> dict[str, Any]:
     """Load a ``seg train`` checkpoint (``weights_only``); a missing, empty, truncated or foreign
     file raises one ValueError/FileNotFoundError line naming it, never torch's traceback."""
@@ -216,9 +230,8 @@ def read_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint") -> dict
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, IndexError, ...
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        raise ValueError(f"{flag} '{path}' ({size} bytes) cannot be read as a torch checkpoint, it is truncated or not "
-                         f"a checkpoint ({type(err).__name__}: {reason}); {hint}") from err
+        raise ValueError(f"{flag} '{path}' ({size} bytes) cannot be read as a torch checkpoint: "
+                         f"{_unreadable_reason(path, err)}; {hint}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{flag} '{path}' is not a segmentation-head checkpoint (format {CHECKPOINT_FORMAT}); {hint}")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
