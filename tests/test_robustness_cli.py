@@ -164,3 +164,13 @@ def test_curves_have_tick_labels_and_axis_names(tmp_path):
     assert labels.sum() > 20
     below = (image[355:392, 80:400] < 200).any(axis=0)  # epoch tick labels and the axis name
     assert below.sum() > 40
+
+
+def test_load_rgb_names_a_truncated_image(tmp_path):
+    from sam2_vitplug.matching.io import load_rgb
+
+    photo = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    photo.write_bytes(photo.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"image '.*cut\.jpg' cannot be decoded .*truncated"):
+        load_rgb(photo)
