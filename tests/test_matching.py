@@ -180,14 +180,14 @@ def test_sampler_skips_and_reports_and_is_seeded():
         {"bbox": [0, 10, 50, 50]}, {"bbox": [150, 10, 50, 50]},  # border (left, right edge)
         {"bbox": [30, 30, 60, 60], "cat": 2, "image_id": 2, "seg": []},  # box-only
     ])
-    refs, report = sample_references(coco, 2, seed=5)
+    refs, report = sample_references(coco, 2, seed=5, sampler="vitplug")
     assert report.skipped == {"crowd": 1, "tiny": 1, "border": 2}
     assert report.used == {1: 2, 2: 1} and report.available == {1: 3, 2: 1} and report.box_only == 1
     assert all(r.image_id == 1 for r in refs if r.category_id == 1)  # several instances of one image
     assert [r.segmentation for r in refs if r.category_id == 2] == [None]
-    again, _ = sample_references(coco, 2, seed=5)
+    again, _ = sample_references(coco, 2, seed=5, sampler="vitplug")
     assert again == refs
-    draws = {tuple(r.ann_id for r in sample_references(coco, 2, seed=s)[0]) for s in range(10)}
+    draws = {tuple(r.ann_id for r in sample_references(coco, 2, seed=s, sampler="vitplug")[0]) for s in range(10)}
     assert len(draws) > 1  # the seed matters
 
 
@@ -251,7 +251,8 @@ def test_empty_proposals_are_dropped_and_grayscale_targets_work(bank, tmp_path):
 
     predictor = FewShotPredictor(bank, Fixed(), load_matcher("colorhist_8"), load_config())
     results = predictor.predict(gray, 7)
-    assert len(results) <= 1 and all(r["bbox"] == [16.0, 16.0, 32.0, 32.0] for r in results)
+    # ntt box convention: inclusive max index, so the 32-px square is 31 wide
+    assert len(results) <= 1 and all(r["bbox"] == [16.0, 16.0, 31.0, 31.0] for r in results)
     masks = masks[:0]  # no proposal at all (e.g. every SAM2 mask under --iou-thr)
     full = full[:0]
     assert predictor.predict(gray, 8) == []

@@ -55,8 +55,11 @@ def _cli(argv: list[str]) -> None:
 
 def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int = 40, targets: int = 20,
              points_per_side: int = 16, vis: int = 6, data_seed: int = DATA_SEED, device: str = "cpu",
-             progress: bool = True) -> dict:
-    """Run the whole demo into ``out`` and return the summary (also written as summary.json/.md)."""
+             progress: bool = True, method: str = "vitplug") -> dict:
+    """Run the whole demo into ``out`` and return the summary (also written as summary.json/.md).
+
+    ``method`` defaults to ``vitplug``: the model card's few-shot AP was measured with it (the
+    library's default, ``ntt``, reproduces the reference implementation; ``--method ntt`` here)."""
     from make_synthetic_dataset import DatasetSpec, make_dataset
 
     from sam2_vitplug.matching import evaluate, format_summary
@@ -80,7 +83,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int =
     print(f"[2/4] memory bank: {shots} references per class, encoder {ENCODER} at {input_size} px")
     _cli(["fewshot", "memory", "--refs", str(data / "train" / "annotations.json"), "--images", str(data / "train" / "images"),
          "--encoder", ENCODER, "--shots", str(shots), "--input-size", str(input_size), "--set", "memory.min_size=16",
-         "--device", device, "--out", str(bank)])
+         "--method", method, "--device", device, "--out", str(bank)])
     results = out / "results.json"
     for stale in (results, out / "results_vis"):  # a fresh run, not a resume of an older one
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
@@ -92,7 +95,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int =
     _cli(["fewshot", "run", "--bank", str(bank), "--images", str(data / "val" / "images"),
          "--ann", str(data / "val" / "annotations.json"), "--sam2-config", MODEL, "--shared-backbone",
          "--points-per-side", str(points_per_side), "--vis", str(vis), "--device", device, "--out", str(results),
-         *quiet])
+         "--method", method, *quiet])
     run_s = time.perf_counter() - start
 
     print("[4/4] evaluation (pycocotools) and summary")
@@ -101,7 +104,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, shots: int = 5, refs: int =
     per_class: dict = {}
     stats = evaluate(coco, json.loads(results.read_text()), sorted(names), per_class=per_class)
     summary = {
-        "model": MODEL, "encoder": ENCODER, "shots": shots, "reference_pool": refs, "images": targets,
+        "model": MODEL, "encoder": ENCODER, "method": method, "shots": shots, "reference_pool": refs, "images": targets,
         "data_seed": data_seed, "image_size": image_size, "points_per_side": points_per_side, "device": device,
         "segm_AP": stats["segm"]["AP"], "segm_AP50": stats["segm"]["AP50"], "segm_AR100": stats["segm"]["AR100"],
         "bbox_AP": stats["bbox"]["AP"], "bbox_AP50": stats["bbox"]["AP50"], "bbox_AR100": stats["bbox"]["AR100"],
@@ -130,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="SAM2 prompt grid side (16: a point every 16 px at 256 px)")
     parser.add_argument("--vis", type=int, default=6, help="overlay PNGs of the first N targets")
     parser.add_argument("--device", default="cpu", help="cpu (default; the demo's numbers), cuda or mps")
+    parser.add_argument("--method", choices=("vitplug", "ntt"), default="vitplug",
+                        help="few-shot method (default vitplug: the model card's AP was measured with it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_demo(args.out, shots=args.shots, refs=args.refs, targets=args.targets, points_per_side=args.points_per_side,
-             vis=args.vis, device=args.device, progress=not args.quiet)
+             vis=args.vis, device=args.device, progress=not args.quiet, method=args.method)
     return 0
 
 

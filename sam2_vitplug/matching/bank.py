@@ -28,6 +28,8 @@ from .references import BoxPrompter, Reference, reference_mask
 logger = logging.getLogger(__name__)
 
 BANK_FORMAT = "sam2_vitplug.fewshot_bank/1"
+MEMORY_CHOICES = ("ntt", "vitplug")
+LEGACY_METHOD = "vitplug"  # banks written before the method was recorded were built this way
 
 
 @dataclass
@@ -44,6 +46,28 @@ class MemoryBank:
     @property
     def encoder(self) -> str:
         return str(self.meta.get("encoder"))
+
+    @property
+    def method(self) -> str | None:
+        """The few-shot method the bank was built with (None: not recorded)."""
+        method = self.meta.get("method")
+        return None if method is None else str(method)
+
+    def check_method(self, method: str) -> None:
+        """Raise ``ValueError`` if the bank was built for another few-shot method: prototypes of one
+        method scored by another's chain would silently give other numbers. A bank that records no
+        method (written before methods existed, which was the vitplug way, or a hand-made
+        ``MemoryBank``) only gets a warning."""
+        if self.method is None:
+            logger.warning("the memory bank records no few-shot method (built before methods existed: %s); "
+                           "using it with method '%s'", LEGACY_METHOD, method)
+            return
+        if self.method != str(method):
+            raise ValueError(
+                f"the memory bank was built with method '{self.method}' but this run uses '{method}'; "
+                f"pass --method {self.method} to `fewshot run`, or rebuild the bank with "
+                f"`sam2-vitplug fewshot memory --method {method}`"
+            )
 
     def check_encoder(self, matcher: MatcherEncoder) -> None:
         """Raise ``ValueError`` if the bank was built with another encoder or input size."""
@@ -73,6 +97,38 @@ def crop_box_square(box_xywh: Sequence[float], context: float) -> tuple[float, f
     return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
 
+def crop_box_ntt(box_xywh: Sequence[float], context: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """The reference's crop ``x0, y0, x1, y1`` (ints): box corners truncated to int, side
+    ``max(w, h) * (1 + context)`` around their centre, each edge truncated and clipped to the image,
+    so a crop at the border is not square (it is then stretched to the encoder's square)."""
+    x, y, w, h = map(float, box_xywh)
+    x1, y1, x2, y2 = int(x), int(y), int(x + w), int(y + h)
+    side = max(x2 - x1, y2 - y1) * (1.0 + context)
+    mid_x, mid_y = (x1 + x2) * 0.5, (y1 + y2) * 0.5
+    return (max(0, int(mid_x - side * 0.5)), max(0, int(mid_y - side * 0.5)),
+            min(width, int(mid_x + side * 0.5)), min(height, int(mid_y + side * 0.5)))
+
+
+def crop_reference_ntt(image: np.ndarray, mask: np.ndarray, box_xywh: Sequence[float], context: float,
+                       size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``crop: ntt``: the clipped crop of :func:`crop_box_ntt`, image bicubic (no antialias, values
+    not clamped) and mask bilinear to ``(size, size)``, as the reference implementation does."""
+    x0, y0, x1, y1 = crop_box_ntt(box_xywh, context, *image.shape[:2])
+    pixels = torch.from_numpy(image[y0:y1, x0:x1] / 255.0).permute(2, 0, 1)[None].float()
+    soft = torch.from_numpy(mask[y0:y1, x0:x1].astype(np.float32))[None, None]
+    crop = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)[0]
+    crop_mask = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return crop, crop_mask
+
+
+def pool_instances_ntt(grid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``pooling: ntt``: masks ``(B, S, S)`` sampled nearest at the token grid (soft values kept);
+    the instance vector is the mask-weighted mean of ``grid (B, C, h, w)``, NOT normalised."""
+    weights = F.interpolate(masks[:, None].float(), size=tuple(grid.shape[-2:]), mode="nearest")[:, 0].flatten(1)
+    feats = grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    return (feats * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+
 def crop_reference(image: np.ndarray, mask: np.ndarray, box_xywh: Sequence[float], context: float,
                    size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop ``(H, W, 3)`` uint8 and ``(H, W)`` bool to ``(3, size, size)`` in [0, 1] and ``(size, size)``.
@@ -98,12 +154,21 @@ def build_bank(
     box_prompter: BoxPrompter | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    crop: str = "ntt",
+    pooling: str = "ntt",
 ) -> MemoryBank:
     """Encode ``refs`` (images under ``image_root``) into a :class:`MemoryBank`.
 
-    Every reference image is read and every mask decoded before encoding starts, so missing
-    files and empty masks fail before any work is done.
+    ``crop``/``pooling``: ``ntt`` (the reference implementation's clipped bicubic crop and
+    un-normalised nearest-sampled means) or ``vitplug`` (padded ``roi_align`` square crop, area
+    pooling, unit instance vectors). The prototype is always the normalised mean of the
+    instance vectors. Every reference image is read and every mask decoded before encoding
+    starts, so missing files and empty masks fail before any work is done.
     """
+    for key, value in (("memory.crop", crop), ("memory.pooling", pooling)):
+        if value not in MEMORY_CHOICES:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(MEMORY_CHOICES)}")
+    cropper = crop_reference_ntt if crop == "ntt" else crop_reference
     from tqdm import tqdm
 
     if not refs:
@@ -120,22 +185,28 @@ def build_bank(
         if not mask.any():
             raise ValueError(f"reference annotation {ref.ann_id} (image {ref.file_name}) has an empty mask; "
                              "fix or drop it from the references json")
-        crop, crop_mask = crop_reference(image, mask, ref.bbox, context, size)
-        crops.append(crop)
-        masks.append(crop_mask)
+        pixels_crop, mask_crop = cropper(image, mask, ref.bbox, context, size)
+        crops.append(pixels_crop)
+        masks.append(mask_crop)
     vectors = []
     device = getattr(matcher, "device", torch.device("cpu"))
     for start in tqdm(range(0, len(crops), batch_size), desc="memory bank", disable=not progress):
         pixels = torch.stack(crops[start:start + batch_size]).to(device)
         grid = matcher.encode(pixels)
-        weights = masks_to_grid(torch.stack(masks[start:start + batch_size]).to(grid.device), tuple(grid.shape[-2:]))
-        vectors.append(masked_pool(grid, weights).float().cpu())
+        batch_masks = torch.stack(masks[start:start + batch_size]).to(grid.device)
+        if pooling == "ntt":
+            vectors.append(pool_instances_ntt(grid, batch_masks).float().cpu())
+        else:
+            vectors.append(masked_pool(grid, masks_to_grid(batch_masks, tuple(grid.shape[-2:]))).float().cpu())
     instances = torch.cat(vectors)
     class_ids = sorted({ref.category_id for ref in refs})
     index = {c: i for i, c in enumerate(class_ids)}
     labels = torch.tensor([index[ref.category_id] for ref in refs], dtype=torch.long)
     prototypes = torch.stack([F.normalize(instances[labels == i].mean(0), dim=0) for i in range(len(class_ids))])
+    # the method a run must use with this bank: the pooling decides what the vectors mean
+    # (un-normalised means for ntt, unit vectors for vitplug); an explicit meta["method"] wins
     info = {"format": BANK_FORMAT, "encoder": matcher.identity, "input_size": size, "context": context,
+            "crop": crop, "pooling": pooling, "method": "ntt" if pooling == "ntt" else "vitplug",
             "dim": int(instances.shape[1]), "num_instances": len(refs),
             "ann_ids": [r.ann_id for r in refs], **(meta or {})}
     from ..version import __version__
@@ -146,7 +217,7 @@ def build_bank(
 
 def save_bank(bank: MemoryBank, path: str | os.PathLike) -> None:
     """Write ``bank`` as safetensors (atomic); metadata values are JSON strings."""
-    from safetensors.torch import save
+    from ..safetensors_io import safetensors_bytes as save  # canonical header: same bytes in every process
 
     meta = {"meta": json.dumps(bank.meta, sort_keys=True), "class_ids": json.dumps(bank.class_ids),
             "class_names": json.dumps(bank.class_names)}

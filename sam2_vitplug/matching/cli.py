@@ -28,14 +28,20 @@ def _build_sam2(args: argparse.Namespace, device: str):
     if name.startswith("sam2.1_hiera") or name.startswith("sam2_hiera"):
         folder = "sam2.1" if name.startswith("sam2.1") else "sam2"
         name = f"configs/{folder}/{name}"  # upstream configs live under configs/<version>/
-    return build_sam2_vit(name, args.sam2_ckpt, device=device, hydra_overrides_extra=list(args.sam2_override))
+    model = build_sam2_vit(name, args.sam2_ckpt, device=device, hydra_overrides_extra=list(args.sam2_override))
+    report = model.sam2_vitplug_load_report  # say which weights the masks come from
+    if report is None:
+        print(f"warning: SAM2 '{args.sam2_config}' has random weights: pass --sam2-ckpt", file=sys.stderr)
+    else:
+        print(f"SAM2 weights: {report.summary()}", file=sys.stderr)
+    return model
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from . import build_bank, load_config, load_matcher, sample_references, save_bank, sam2_box_prompter
     from .io import load_coco_json
 
-    cfg = load_config(args.set)
+    cfg = load_config(args.set, method=args.method)
     mem = cfg.memory
     shots = args.shots if args.shots is not None else mem.shots
     seed = args.seed if args.seed is not None else mem.seed
@@ -43,7 +49,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images '{args.images}' is not a directory")
     refs, report = sample_references(coco, shots, seed, category_ids=args.classes, min_size=mem.min_size,
-                                     border=mem.border)
+                                     border=mem.border, sampler=str(mem.sampler))
     print(f"references: {report.summary()}")
     device = _device(args)
     prompter = None
@@ -55,11 +61,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
                            random_init=args.random_init)
     names = {int(c["id"]): c.get("name", str(c["id"])) for c in coco["categories"]}
     bank = build_bank(matcher, refs, args.images, names, context=mem.context, batch_size=mem.batch_size,
-                      box_prompter=prompter, meta={"shots": shots, "seed": seed, "refs": str(args.refs),
-                                                   "skipped": dict(report.skipped)})
+                      box_prompter=prompter, crop=str(mem.crop), pooling=str(mem.pooling),
+                      meta={"shots": shots, "seed": seed, "refs": str(args.refs),
+                            "sampler": str(mem.sampler), "skipped": dict(report.skipped)})
     save_bank(bank, args.out)
     print(f"wrote {args.out}: {len(bank.class_ids)} classes, {bank.instances.shape[0]} instances, "
-          f"dim {bank.instances.shape[1]}, encoder {matcher.identity} at {matcher.input_size}px")
+          f"dim {bank.instances.shape[1]}, encoder {matcher.identity} at {matcher.input_size}px, method {cfg.method}")
     return 0
 
 
@@ -83,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("proposals.adaptive.enabled=true")
     if args.hr_transforms is not None:
         overrides.append(f"scoring.hr_transforms={args.hr_transforms}")
-    cfg = load_config(overrides)
+    cfg = load_config(overrides, method=args.method)
     if args.eval and not args.ann:
         raise ValueError("--eval needs --ann (the COCO json of the target images)")
     if not Path(args.images).is_dir():
@@ -95,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.proposals.source == "sam2":
         adaptive_from_config(cfg.proposals)  # bad engine / adaptive settings fail before any work
     bank = load_bank(args.bank)
+    bank.check_method(cfg.method)  # before any model is built
     device = _device(args)
     info = dist_info(device)
     if device.startswith("cuda") and info.world_size > 1:
@@ -168,7 +176,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override configs/matching/fewshot.yaml")
+                       help="override configs/matching/fewshot.yaml (after the --method preset)")
+        p.add_argument("--method", choices=("ntt", "vitplug"), default=None,
+                       help="preset: ntt (default; the No Time to Train reference's choices, "
+                            "configs/matching/ntt.yaml) or vitplug (configs/matching/vitplug.yaml)")
         p.add_argument("--sam2-config", default=None, help="SAM2 config (ours, e.g. sam2_vit_dino.yaml, or upstream)")
         p.add_argument("--sam2-ckpt", default=None, help="SAM2 checkpoint for --sam2-config")
         p.add_argument("--sam2-override", action="append", default=[], metavar="KEY=VALUE",

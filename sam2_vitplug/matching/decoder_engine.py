@@ -99,6 +99,11 @@ def _split(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
 
 
+def _passes(iou: torch.Tensor, thr: float, strict: bool) -> torch.Tensor:
+    """``iou > thr`` when ``strict`` else ``iou >= thr`` (the scalar compares in ``iou``'s dtype)."""
+    return iou > thr if strict else iou >= thr
+
+
 class FastMaskDecoder:
     """Decode many prompts on one image with a SAM2 model's own prompt encoder and mask decoder.
 
@@ -403,10 +408,11 @@ class FastMaskDecoder:
 
     @torch.inference_mode()
     def best_masks(self, ctx: ImageContext, coords: torch.Tensor, labels: torch.Tensor, *,
-                   multimask_output: bool = True, iou_thr: float | None = None
+                   multimask_output: bool = True, iou_thr: float | None = None, iou_strict: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For each prompt the returned mask with the highest predicted IoU, dropping those below
-        ``iou_thr``: ``(logits (K, 4h, 4w), iou (K,), index (K,) into the prompts)``.
+        ``iou_thr`` (``iou_strict``: at or below, the reference implementation's ``> thr``):
+        ``(logits (K, 4h, 4w), iou (K,), index (K,) into the prompts)``.
 
         Equal to :meth:`predict_points` followed by the argmax and the threshold (the
         ``SAM2Proposals`` selection), but the upscaling runs only for kept prompts and only for
@@ -425,7 +431,7 @@ class FastMaskDecoder:
             if dynamic:  # the stability test needs mask 0's logits: all four, then upstream's choice
                 every = self.upscale(ctx, keys, self.hyper(mask_tokens, torch.arange(iou.shape[1]).expand(b, -1)))
                 sel_masks, sel_iou = dec._dynamic_multimask_via_stability(every, iou)
-                keep = torch.arange(b) if iou_thr is None else torch.nonzero(sel_iou[:, 0] >= iou_thr).flatten()
+                keep = torch.arange(b) if iou_thr is None else torch.nonzero(_passes(sel_iou[:, 0], iou_thr, iou_strict)).flatten()
                 logits.append(sel_masks[keep, 0])
                 scores.append(sel_iou[keep, 0])
             else:
@@ -434,7 +440,7 @@ class FastMaskDecoder:
                     best = best + 1
                 else:
                     best_iou, best = iou[:, 0], torch.zeros(b, dtype=torch.long, device=iou.device)
-                keep = torch.arange(b) if iou_thr is None else torch.nonzero(best_iou >= iou_thr).flatten()
+                keep = torch.arange(b) if iou_thr is None else torch.nonzero(_passes(best_iou, iou_thr, iou_strict)).flatten()
                 if len(keep):
                     logits.append(self.upscale(ctx, keys, self.hyper(mask_tokens[keep], best[keep, None]),
                                                rows=keep)[:, 0])

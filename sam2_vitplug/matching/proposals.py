@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .adaptive import AdaptiveConfig, adaptive_decode
 from .decoder_engine import FastMaskDecoder
@@ -46,6 +47,7 @@ class Proposals:
         render: ``indices (k,) -> (k, H, W)`` bool full-resolution masks.
         features: optional ``(C, h', w')`` target features computed on the way (shared backbone).
         stats: counts of the source (``decoded_prompts``, ``kept``, adaptive ``rounds``/``coverage``).
+        logits: optional ``(N, h, w)`` raw mask logits (unclamped; the ntt chain thresholds them at 0).
     """
 
     lowres: torch.Tensor
@@ -55,6 +57,7 @@ class Proposals:
     render: Callable[[torch.Tensor], torch.Tensor]
     features: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.iou.shape[0])
@@ -117,7 +120,26 @@ def point_grid(points_per_side: int, height: int, width: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
 
 
+def point_grid_ntt(points_per_side: int, size: int) -> torch.Tensor:
+    """``(n*n, 2)`` xy points ``linspace(0, size - 1, n) + 0.5`` in SAM2 input pixels (border points
+    included), row-major (y outer): the reference implementation's grid, which it feeds x-major."""
+    lin = torch.linspace(0, size - 1, points_per_side) + 0.5
+    ys, xs = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], 1)
+
+
+def ntt_square(image: np.ndarray, size: int) -> np.ndarray:
+    """``target_resize: ntt``: the image resized to ``size x size`` by PIL bicubic, aspect ignored
+    (SAM2's ``_load_img_as_tensor``, which the reference loads targets with)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
 ENGINES = ("fast", "upstream")
+GRIDS = ("ntt", "cells")
+RESIZES = ("ntt", "vitplug")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class SAM2Proposals:
@@ -132,6 +154,8 @@ class SAM2Proposals:
     ``upstream`` (upstream ``MaskDecoder`` call, the reference). ``adaptive``: an
     :class:`~.adaptive.AdaptiveConfig` to decode only part of the grid (None: the full grid).
     ``stats`` holds the counts of the last image (``decoded_prompts``, ``kept``, ...).
+    ``grid``/``target_resize``/``no_mem_embed``/``iou_strict``: the ntt defaults reproduce the
+    reference implementation (``cells``/``vitplug``/True/False: the vitplug preset).
 
     With ``shared_backbone=True`` the SAM2 trunk must be a ``ViTTrunkMultiScale``: its ViT's
     last-layer patch tokens are captured during the image forward and returned as
@@ -142,7 +166,8 @@ class SAM2Proposals:
 
     def __init__(self, model: torch.nn.Module, *, points_per_side: int = 32, points_batch: int = 64,
                  iou_thr: float = 0.4, multimask: bool = True, shared_backbone: bool = False,
-                 engine: str = "fast", adaptive: AdaptiveConfig | None = None) -> None:
+                 engine: str = "fast", adaptive: AdaptiveConfig | None = None, grid: str = "ntt",
+                 target_resize: str = "ntt", no_mem_embed: bool = False, iou_strict: bool = True) -> None:
         from ..build import make_image_predictor
 
         if points_per_side < 1 or points_batch < 1:
@@ -150,6 +175,9 @@ class SAM2Proposals:
         if engine not in ENGINES:
             raise ValueError(f"unknown proposal engine {engine!r}; choose one of {', '.join(ENGINES)} "
                              "(proposals.engine)")
+        if grid not in GRIDS or target_resize not in RESIZES:
+            raise ValueError(f"proposals.grid={grid!r} / proposals.target_resize={target_resize!r}: choose grid from "
+                             f"{', '.join(GRIDS)} and target_resize from {', '.join(RESIZES)}")
         if adaptive is not None and not isinstance(adaptive, AdaptiveConfig):
             raise TypeError(f"adaptive must be an AdaptiveConfig or None, got {type(adaptive).__name__}")
         if adaptive is not None:
@@ -163,6 +191,8 @@ class SAM2Proposals:
         self.shared_backbone = shared_backbone
         self.engine = engine
         self.adaptive = adaptive
+        self.grid, self.target_resize = grid, target_resize
+        self.no_mem_embed, self.iou_strict = bool(no_mem_embed), bool(iou_strict)
         self.fast = FastMaskDecoder(model) if engine == "fast" else None
         self.timings: dict[str, float] = {}
         self.stats: dict[str, float] = {}
@@ -243,7 +273,7 @@ class SAM2Proposals:
                 low, iou = self._decode(points)
                 if thr is None:
                     return low, iou
-                keep = iou >= thr
+                keep = iou > thr if self.iou_strict else iou >= thr
                 return low[keep], iou[keep]
 
             return upstream
@@ -254,7 +284,7 @@ class SAM2Proposals:
         def fast(points: torch.Tensor, thr: float | None) -> tuple[torch.Tensor, torch.Tensor]:
             labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
             low, iou, _ = self.fast.best_masks(ctx, points[:, None], labels, multimask_output=self.multimask,
-                                               iou_thr=thr)
+                                               iou_thr=thr, iou_strict=self.iou_strict)
             return low.float(), iou.float()
 
         return fast
@@ -267,14 +297,56 @@ class SAM2Proposals:
             ious.append(iou)
         return torch.cat(logits), torch.cat(ious)
 
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Image features on ``self.predictor`` (as upstream ``set_image`` leaves them).
+
+        ``target_resize``: ``vitplug`` = upstream's transform (torchvision resize), ``ntt`` = PIL
+        bicubic square (:func:`ntt_square`). ``no_mem_embed``: add the model's ``no_mem_embed`` to
+        the lowest-resolution features, as upstream's predictor does (the reference does not)."""
+        pred, model = self.predictor, self.model
+        height, width = image.shape[:2]
+        pred.reset_predictor()
+        if self.target_resize == "ntt":
+            square = ntt_square(image, model.image_size)
+            x = torch.from_numpy(square / 255.0).permute(2, 0, 1)[None].float().to(pred.device)
+            mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        else:
+            x = pred._transforms(image)[None].to(pred.device)
+        backbone_out = model.forward_image(x)
+        _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
+        if self.no_mem_embed and model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+        feats = [feat.permute(1, 2, 0).view(1, -1, *size)
+                 for feat, size in zip(vision_feats[::-1], pred._bb_feat_sizes[::-1])][::-1]
+        pred._features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+        pred._orig_hw = [(height, width)]
+        pred._is_image_set = True
+
+    def _points(self, height: int, width: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Row-major grid in image pixels (for adaptive coverage) and the prompts in model input
+        pixels; the ntt grid without adaptive prompting runs x-major, as the reference does."""
+        device = self.predictor.device
+        if self.grid == "ntt":
+            size = self.model.image_size
+            model_pts = point_grid_ntt(self.points_per_side, size)
+            grid = (model_pts * torch.tensor([width / size, height / size])).numpy().astype(np.float32)
+            if self.adaptive is None:
+                n = self.points_per_side
+                model_pts = model_pts.view(n, n, 2).transpose(0, 1).reshape(-1, 2)
+            return grid, model_pts.to(device)
+        grid = point_grid(self.points_per_side, height, width)
+        points = self.predictor._transforms.transform_coords(
+            torch.from_numpy(grid).to(device), normalize=True, orig_hw=(height, width))
+        return grid, points
+
     def __call__(self, image: np.ndarray, image_id: int) -> Proposals:
         height, width = image.shape[:2]
         t0 = time.perf_counter()
-        self.predictor.set_image(image)
+        self.set_image(image)
         t1 = time.perf_counter()
-        grid = point_grid(self.points_per_side, height, width)
-        points = self.predictor._transforms.transform_coords(
-            torch.from_numpy(grid).to(self.predictor.device), normalize=True, orig_hw=(height, width))
+        grid, points = self._points(height, width)
         decode = self._decoder()
         if self.adaptive is None:
             logits_t, iou_t = self._batched(decode, points, self.iou_thr)
@@ -283,6 +355,7 @@ class SAM2Proposals:
             logits_t, iou_t, stats = adaptive_decode(
                 lambda idx, thr: self._batched(decode, points[torch.from_numpy(idx).to(points.device)], thr),
                 grid, self.points_per_side, height, width, self.adaptive, self.iou_thr)
+        raw = logits_t
         logits_t = logits_t.clamp(-32.0, 32.0)
         t2 = time.perf_counter()
         self.timings = {"sam2_encoder": t1 - t0, "prompt_decoding": t2 - t1}
@@ -291,14 +364,20 @@ class SAM2Proposals:
         lowres = torch.sigmoid(logits_t)
         transforms = self.predictor._transforms
 
+        ntt = self.target_resize == "ntt"
+
         def render(idx: torch.Tensor) -> torch.Tensor:
-            sel = logits_t[idx.to(logits_t.device)]
-            if len(sel) == 0:
+            if len(idx) == 0:
                 return torch.zeros(0, height, width, dtype=torch.bool)
+            if ntt:  # the reference: raw logits, bilinear with antialias straight to H x W
+                sel = raw[idx.to(raw.device)][:, None]
+                return (F.interpolate(sel, (height, width), mode="bilinear", align_corners=False,
+                                      antialias=True)[:, 0] > 0).cpu()
+            sel = logits_t[idx.to(logits_t.device)]
             return (transforms.postprocess_masks(sel[:, None], (height, width))[:, 0] > 0).cpu()
 
         return Proposals(lowres, boxes_from_masks(lowres, (height, width)), iou_t, (height, width), render, features,
-                         dict(self.stats))
+                         dict(self.stats), logits=raw)
 
 
 def adaptive_from_config(proposals: Any) -> AdaptiveConfig | None:
@@ -325,7 +404,9 @@ def sam2_proposals_from_config(model: torch.nn.Module, proposals: Any) -> SAM2Pr
     adaptive = adaptive_from_config(p)
     return SAM2Proposals(model, points_per_side=int(p.points_per_side), points_batch=int(p.points_batch),
                          iou_thr=float(p.iou_thr), multimask=bool(p.multimask), shared_backbone=bool(p.shared_backbone),
-                         engine=str(p.engine), adaptive=adaptive)
+                         engine=str(p.engine), adaptive=adaptive, grid=str(p.grid),
+                         target_resize=str(p.target_resize), no_mem_embed=bool(p.no_mem_embed),
+                         iou_strict=bool(p.iou_strict))
 
 
 def make_proposal_source(name: str, **kwargs: Any) -> ProposalSource:

@@ -69,6 +69,81 @@ def _skip_reason(ann: dict, image: dict, min_size: float, border: float) -> str 
     return None
 
 
+SAMPLERS = ("ntt", "vitplug")
+
+
+def _ntt_invalid(ann: dict, image: dict, min_size: float, border: float) -> str | None:
+    """The reference implementation's validity rule: not crowd, box sides >= ``min_size`` and at
+    least ``border`` px from every image edge (non-strict, as there)."""
+    if ann.get("iscrowd", 0) == 1:
+        return "crowd"
+    x, y, w, h = map(float, ann["bbox"])
+    if w < min_size or h < min_size:
+        return "tiny"
+    if x < border or y < border or float(image["width"]) - (x + w) < border or float(image["height"]) - (y + h) < border:
+        return "border"
+    return None
+
+
+def sample_references_ntt(coco: dict, shots: int, seed: int, *, category_ids: Sequence[int] | None = None,
+                          min_size: float = 32.0, border: float = 10.0) -> tuple[list[Reference], SampleReport]:
+    """``sampler: ntt``, the reference implementation's draw, so a seed picks the same annotation ids.
+
+    ``random.Random(seed)`` (the sequence of ``random.seed(seed)``) shuffles each class's
+    ``(image, annotation)`` list, classes in order of first appearance in the annotations and the
+    random state running on across classes; invalid annotations (:func:`_ntt_invalid`,
+    ``isimpossible``) and a second instance from an already picked image are skipped; the first
+    ``shots`` remain, in draw order.
+    """
+    import random
+
+    cats = {int(c["id"]): c.get("name", str(c["id"])) for c in coco["categories"]}
+    wanted = set(cats) if category_ids is None else {int(c) for c in category_ids}
+    unknown = sorted(c for c in wanted if c not in cats)
+    if unknown:
+        raise ValueError(f"category ids {unknown} are not in the COCO categories {sorted(cats)}")
+    images = {int(im["id"]): im for im in coco["images"]}
+    per_class: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        cat = int(ann["category_id"])
+        if cat in wanted and ann.get("isimpossible", 0) != 1:
+            per_class.setdefault(cat, []).append(ann)
+    rng = random.Random(seed)
+    report = SampleReport()
+    refs: list[Reference] = []
+    for cat, pool in per_class.items():
+        pool = list(pool)
+        rng.shuffle(pool)
+        seen: set[int] = set()
+        report.available[cat] = len(pool)
+        for ann in pool:
+            image = images.get(int(ann["image_id"]))
+            reason = "image missing from json" if image is None else _ntt_invalid(ann, image, min_size, border)
+            if reason is not None:
+                report.skipped[reason] += 1
+                continue
+            if int(ann["image_id"]) in seen:
+                report.skipped["same image"] += 1
+                continue
+            seen.add(int(ann["image_id"]))
+            box_only = not has_mask(ann)
+            report.box_only += box_only
+            refs.append(Reference(int(ann["id"]), int(ann["image_id"]), image["file_name"], cat,
+                                  tuple(float(v) for v in ann["bbox"]), None if box_only else ann["segmentation"]))
+            if len(seen) >= shots:
+                break
+        report.used[cat] = len(seen)
+    empty = [f"{cats[c]!r} (id {c})" for c in sorted(wanted) if not report.used.get(c)]
+    if empty:
+        raise ValueError(
+            f"no usable reference instance for class(es) {', '.join(empty)} under the NTT rule (not crowd, box "
+            f">= {min_size:g} px, >= {border:g} px from the border). Skipped: {dict(report.skipped)}. Add references "
+            "for them, restrict the classes (--classes) or use --method vitplug (looser rule)."
+        )
+    logger.info("reference sampler (ntt): %s", report.summary())
+    return refs, report
+
+
 def sample_references(
     coco: dict,
     shots: int,
@@ -76,15 +151,25 @@ def sample_references(
     *,
     category_ids: Sequence[int] | None = None,
     min_size: float = 32.0,
-    border: float = 1.0,
+    border: float | None = None,
+    sampler: str = "ntt",
 ) -> tuple[list[Reference], SampleReport]:
-    """Pick up to ``shots`` usable instances per class with ``numpy.random.default_rng(seed)``.
+    """Pick up to ``shots`` usable instances per class.
 
-    Candidates are ordered by annotation id before shuffling, so the draw depends on the file's
-    content and the seed only. Raises ``ValueError`` naming every class with no usable instance.
+    ``sampler="ntt"``: :func:`sample_references_ntt`. ``"vitplug"``: ``numpy.random.default_rng(seed)``
+    over candidates ordered by annotation id (the draw depends on the file's content and the seed
+    only; several instances of one image may be picked). ``border`` defaults to the sampler's
+    (10 px for ntt, 1 px for vitplug). Raises ``ValueError`` naming every class with no usable
+    instance.
     """
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"memory.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if border is None:
+        border = 10.0 if sampler == "ntt" else 1.0
+    if sampler == "ntt":
+        return sample_references_ntt(coco, shots, seed, category_ids=category_ids, min_size=min_size, border=border)
     cats = {int(c["id"]): c.get("name", str(c["id"])) for c in coco["categories"]}
     wanted = sorted(cats) if category_ids is None else [int(c) for c in category_ids]
     unknown = [c for c in wanted if c not in cats]
