@@ -171,6 +171,9 @@ def test_best_masks_equal_decode_then_select(models, name, multimask):
     _close(logits, full.masks[keep, best[keep]])
     none = engine.best_masks(ctx, coords, labels, multimask_output=multimask, iou_thr=10.0)
     assert none[0].shape == (0, *full.masks.shape[-2:]) and len(none[2]) == 0
+    # iou_strict (the ntt preset's "> thr"): the median prompt itself sits at thr and is dropped
+    strict = engine.best_masks(ctx, coords, labels, multimask_output=multimask, iou_thr=thr, iou_strict=True)
+    assert torch.equal(strict[2], torch.nonzero(best_iou > thr).flatten()) and len(strict[2]) < len(keep)
 
 
 def test_sam2_proposals_fast_equals_upstream_engine(models):
