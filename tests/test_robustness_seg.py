@@ -120,7 +120,7 @@ def test_unknown_content_and_lock_refuse_the_directory(tiny_models, data, tmp_pa
     with pytest.raises(ValueError, match=r"is not empty \(notes.txt\) and has no run_fingerprint.json.*--overwrite"):
         train(model_cfg, cfg)
     (tmp_path / "ck" / "notes.txt").unlink()
-    with runstate.RunLock(tmp_path / "ck"):  # another run holds the directory
+    with runstate.directory_lock(tmp_path / "ck"):  # another run holds the directory
         with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getpid()} .*train.lock"):
             train(model_cfg, cfg)
     assert list((tmp_path / "ck").iterdir()) == []  # the lock file went with the lock

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..run_lock import RunLock
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 LOCK_FILE = "train.lock"
@@ -166,46 +167,9 @@ def clear_run(directory: Path) -> list[str]:
     return removed
 
 
-class RunLock:
-    """``<dir>/train.lock`` held with ``flock`` for the run's lifetime (released by the OS if
-    the process dies, so a killed run never blocks the next); a second run gets one line
-    naming the lock and the holder's pid. Removes the directory again if it created it and
-    nothing else was written."""
-
-    def __init__(self, directory: Path, flag: str = "--checkpoint-dir") -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_FILE
-        self.flag = flag
-        self._fd: int | None = None
-        self._created = False
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-
-        from ..atomic import file_mode
-
-        self._created = not self.directory.exists()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ValueError(f"{self.flag} '{self.directory}' is in use by another run (pid {holder}; lock file "
-                             f"'{self.path}'); wait for it to finish or stop it, or pass another {self.flag}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-        if self._created and self.directory.is_dir() and not any(self.directory.iterdir()):
-            self.directory.rmdir()
+def directory_lock(directory: Path, flag: str = "--checkpoint-dir") -> RunLock:
+    """``<dir>/train.lock`` held for the run's lifetime (see :class:`sam2_vitplug.run_lock.RunLock`);
+    the directory is removed again if the lock created it and nothing else was written."""
+    directory = Path(directory)
+    return RunLock(directory / LOCK_FILE, f"{flag} '{directory}'",
+                 f"wait for it to finish or stop it, or pass another {flag}", cleanup_dir=directory)

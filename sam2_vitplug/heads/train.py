@@ -232,7 +232,7 @@ def train(model_config: SegModelConfig, cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError(f"--resume-checkpoint '{cfg.resume_checkpoint}' was trained with other settings "
                              f"({'; '.join(diffs[:6])}); pass that run's settings to resume it")
     out_dir = Path(cfg.checkpoint_dir)
-    lock = runstate.RunLock(out_dir) if rank == 0 else contextlib.nullcontext()
+    lock = runstate.directory_lock(out_dir) if rank == 0 else contextlib.nullcontext()
     with lock:
         found = runstate.resume_point(out_dir, fp, lists, overwrite=cfg.overwrite)
         if resume is None and found is not None:
