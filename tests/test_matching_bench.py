@@ -29,3 +29,25 @@ def test_bench_fewshot_tiny(tiny_models, tmp_path, capsys):
     bank = report["bank"][str(tiny)]
     assert bank["ratio"] > 1000 and bank["token_map_bytes"] == 1203 * 10 * 37 * 37 * 32 * 4
     assert "shared backbone" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_fewshot_compares_methods(tiny_models, tmp_path, capsys):
+    """--method ntt,vitplug times both presets in one run, with the full-resolution merging cost."""
+    tiny = tiny_models["dinov2"]
+    overrides = [o for o in tiny_overrides(tiny, 128) if "image_size" not in o]
+    args = ["--device", "cpu", "--sam2-config", "sam2_vit_dino_s.yaml", "--shared-config", "",
+            "--encoders", str(tiny), "--target-hw", "96x128", "--points-per-side", "4", "--images", "1",
+            "--warmup", "0", "--classes", "3", "--method", "ntt,vitplug", "--out", str(tmp_path / "bench.json")]
+    for o in overrides + ["++model.image_size=128"]:
+        args += ["--sam2-override", o]
+    assert bench_fewshot.main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    stem = f"sam2_vit_dino_s+{tiny}"
+    assert set(report["settings"]) == {f"{stem}:ntt", f"{stem}:vitplug"}
+    assert all(0 <= v["merging_share"] < 1 for v in report["settings"].values())
+    assert report["method_ratio"][stem] > 0
+    assert report["merging_full_worst_case_s"]["masks"] == 800
+    assert "ntt method" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--method"):
+        bench_fewshot.main([*args[:-4], "--method", "paper", "--out", str(tmp_path / "x.json")])

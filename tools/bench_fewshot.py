@@ -2,7 +2,8 @@
 """Benchmark few-shot segmentation at real geometry with random weights.
 
 Per target image, seconds by stage (SAM2 encoder, prompt decoding, matcher encoder, scoring,
-merging), peak memory, the proposal engines side by side (``--engines fast,upstream``, plus
+merging), peak memory, the few-shot methods side by side (``--method ntt,vitplug``: the
+reference's chain with full-resolution merging vs this project's earlier one), the proposal engines side by side (``--engines fast,upstream``, plus
 ``--adaptive`` for adaptive prompting; decoded prompts per image are reported), and the
 shared-backbone speed-up (a SAM2 whose trunk is the DINO ViT
 serving scoring too). Also the size of an LVIS-scale bank (1203 classes x 10 shots) against
@@ -12,6 +13,8 @@ storing full token maps. Random weights: timings and sizes only, never accuracy.
     python tools/bench_fewshot.py --points-per-side 16 --images 1 --out quick.json
     python tools/bench_fewshot.py --encoders dinov2_large --shared-config '' --target-hw 480x640 \
         --engines fast,upstream --adaptive --images 1 --warmup 0 --out bench_out/fewshot_engines.json
+    python tools/bench_fewshot.py --encoders dinov2_large --shared-config '' --target-hw 480x640 \
+        --method ntt,vitplug --images 2 --out bench_out/fewshot_methods.json
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def random_bank(matcher, classes: int, shots: int, seed: int = 0):
+def random_bank(matcher, classes: int, shots: int, seed: int = 0, method: str = "ntt"):
     from sam2_vitplug.matching import MemoryBank
 
     gen = torch.Generator().manual_seed(seed)
@@ -51,7 +54,8 @@ def random_bank(matcher, classes: int, shots: int, seed: int = 0):
     inst = torch.nn.functional.normalize(torch.randn(classes * shots, dim, generator=gen), dim=1)
     labels = torch.arange(classes).repeat_interleave(shots)
     protos = torch.nn.functional.normalize(inst.view(classes, shots, dim).mean(1), dim=1)
-    meta = {"format": "sam2_vitplug.fewshot_bank/1", "encoder": matcher.identity, "input_size": matcher.input_size}
+    meta = {"format": "sam2_vitplug.fewshot_bank/1", "encoder": matcher.identity, "input_size": matcher.input_size,
+            "method": method}
     return MemoryBank(protos, inst, labels, list(range(1, classes + 1)), [f"c{i}" for i in range(classes)], meta)
 
 
@@ -121,6 +125,27 @@ def merge_worst_case(n: int, size: int, device: str, repeats: int = 3) -> float:
     return min(times)
 
 
+def merge_full_worst_case(n: int, height: int, width: int, classes: int = 10, repeats: int = 2) -> float:
+    """Seconds of the ntt merging step (exact IoS on full-resolution masks) for ``n`` masks (the
+    reference's 800 cap) of random rectangles covering 1-50% of the image each, in ``classes`` classes."""
+    from sam2_vitplug.matching.ntt_ops import semantic_ios
+
+    rng = np.random.default_rng(0)
+    masks = torch.zeros(n, height, width, dtype=torch.bool)
+    for m in masks:
+        h, w = int(height * rng.uniform(0.1, 0.7)), int(width * rng.uniform(0.1, 0.7))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        m[y:y + h, x:x + w] = True
+    labels = torch.from_numpy(rng.integers(0, classes, n))
+    emb = torch.from_numpy(rng.normal(size=(n, 64)).astype(np.float32))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        semantic_ios(masks, labels, emb)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     from sam2_vitplug.cli import default_device
 
@@ -137,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-hw", default=None, metavar="HxW",
                         help="target image height x width (default: --image-size square), e.g. 480x640")
     parser.add_argument("--engines", default="fast", help="comma list of proposal engines: fast, upstream")
+    parser.add_argument("--method", default="ntt", help="comma list of few-shot methods: ntt, vitplug "
+                        "(configs/matching/<method>.yaml); each is timed with every engine")
     parser.add_argument("--adaptive", action="store_true", help="also time the fast engine with adaptive prompting")
     parser.add_argument("--adaptive-start", type=int, default=8, help="first grid side of adaptive prompting")
     parser.add_argument("--points-per-side", type=int, default=32)
@@ -169,9 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in engines if e not in ("fast", "upstream")]
     if bad or not engines:
         raise ValueError(f"--engines must list fast and/or upstream, got {args.engines!r}")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods or any(m not in ("ntt", "vitplug") for m in methods):
+        raise ValueError(f"--method must list ntt and/or vitplug, got {args.method!r}")
     images = [(rng.random((height, width, 3)) * 255).astype(np.uint8)
               for _ in range(max(args.images, args.warmup))]
-    cfg = load_config({"proposals": {"points_per_side": args.points_per_side, "points_batch": args.points_batch}})
+    cfgs = {m: load_config({"proposals": {"points_per_side": args.points_per_side, "points_batch": args.points_batch}},
+                           method=m) for m in methods}
+    cfg = cfgs[methods[0]]
     report = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "args": vars(args), "settings": {}, "bank": {},
               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
@@ -182,30 +214,40 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)  # the same random SAM2 weights every run (adaptive prompting depends on its masks)
     sam2 = build_sam2_vit(args.sam2_config, None, device=device, hydra_overrides_extra=args.sam2_override)
     variants = [(e, None) for e in engines] + ([("fast", AdaptiveConfig(start=args.adaptive_start))] if args.adaptive else [])
-    sources = {f"{e}{'+adaptive' if a else ''}": SAM2Proposals(
-        sam2, points_per_side=args.points_per_side, points_batch=args.points_batch, iou_thr=cfg.proposals.iou_thr,
-        engine=e, adaptive=a) for e, a in variants}
+    sources = {}
+    for method in methods:
+        for e, a in variants:
+            p = cfgs[method].proposals
+            sources[(method, f"{e}{'+adaptive' if a else ''}")] = SAM2Proposals(
+                sam2, points_per_side=args.points_per_side, points_batch=args.points_batch, iou_thr=p.iou_thr,
+                engine=e, adaptive=a, grid=str(p.grid), target_resize=str(p.target_resize),
+                no_mem_embed=bool(p.no_mem_embed), iou_strict=bool(p.iou_strict))
     for name in [e for e in args.encoders.split(",") if e]:
         matcher = load_matcher(name, device=device, random_init=True)
-        bank = random_bank(matcher, args.classes, 10)
+        banks = {m: random_bank(matcher, args.classes, 10, method=m) for m in methods}
         # first-call costs of both image encoders (allocations, kernels) stay out of every setting
         next(iter(sources.values())).predictor.set_image(images[0])
-        FewShotPredictor(bank, next(iter(sources.values())), matcher, cfg).target_features(
+        FewShotPredictor(banks[methods[0]], next(iter(sources.values())), matcher, cfg).target_features(
             images[0], Proposals(torch.zeros(0, 1, 1), torch.zeros(0, 4), torch.zeros(0), images[0].shape[:2],
                                  lambda idx: None))
-        for label, source in sources.items():
-            predictor = FewShotPredictor(bank, source, matcher, cfg)
-            print(f"timing hiera + {name} ({label} proposals) ...", file=sys.stderr)
-            key = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(sources) > 1 else "")
+        for (method, label), source in sources.items():
+            predictor = FewShotPredictor(banks[method], source, matcher, cfgs[method])
+            print(f"timing hiera + {name} ({label} proposals, method {method}) ...", file=sys.stderr)
+            key = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(variants) > 1 else "") \
+                + (f":{method}" if len(methods) > 1 else "")
             report["settings"][key] = time_images(predictor, images[:args.images], device, args.warmup)
             report["settings"][key]["decoded_prompts"] = source.stats.get("decoded_prompts")
         dim, grid = int(matcher.vit.config.hidden_size), matcher.input_size // matcher.patch_size
         report["bank"][name] = bank_sizes(dim, grid)
         del matcher, predictor
-    if "upstream" in sources and "fast" in sources:
+    if "upstream" in engines and "fast" in engines:
         settings = report["settings"]
-        report["engine_speedup"] = {k.removesuffix(":fast"): settings[k.replace(":fast", ":upstream")]["total"]
-                                    / settings[k]["total"] for k in settings if k.endswith(":fast")}
+        report["engine_speedup"] = {k.replace(":fast", ""): settings[k.replace(":fast", ":upstream")]["total"]
+                                    / settings[k]["total"] for k in settings if ":fast" in k and "+adaptive" not in k}
+    if len(methods) > 1:
+        settings = report["settings"]
+        report["method_ratio"] = {k.removesuffix(":ntt"): settings[k]["total"] / settings[k[:-4] + ":vitplug"]["total"]
+                                  for k in settings if k.endswith(":ntt")}
     del sam2, sources
 
     if args.shared_config:
@@ -216,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         trunk = dino.image_encoder.trunk
         loaded = LoadedEncoder(model=trunk.vit, family=trunk.family, source="random", location="shared trunk")
         matcher = HFMatcherEncoder(loaded, "shared-trunk-vit").to(device)
-        bank = random_bank(matcher, args.classes, 10)
+        bank = random_bank(matcher, args.classes, 10, method=methods[0])
         for mode, shared in (("two_pass", False), ("shared", True)):
             src = SAM2Proposals(dino, points_per_side=args.points_per_side, points_batch=args.points_batch,
                                 iou_thr=cfg.proposals.iou_thr, shared_backbone=shared)
@@ -232,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(args.points_per_side, 32) ** 2  # at least the default 32x32 grid's 1024 masks
     report["merging_worst_case_s"] = {"masks": worst, "grid": int(cfg.merging.grid),
                                       "seconds": merge_worst_case(worst, int(cfg.merging.grid), device)}
+    if "ntt" in methods:
+        cap = int(cfgs["ntt"].scoring.nms_cap or worst)
+        report["merging_full_worst_case_s"] = {"masks": cap, "height": height, "width": width,
+                                               "seconds": merge_full_worst_case(cap, height, width)}
     report["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
                                 else peak_rss_mb())
     report["peak_memory_kind"] = "cuda max_memory_allocated" if device.startswith("cuda") else "process peak RSS"
@@ -250,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['loadavg_start']} -> {report['loadavg_end']}")
     for key, ratio in report.get("engine_speedup", {}).items():
         print(f"{key}: fast proposal engine {ratio:.2f}x faster per image than upstream's (end to end)")
+    for key, ratio in report.get("method_ratio", {}).items():
+        print(f"{key}: ntt method {ratio:.2f}x the vitplug preset's time per image (same run)")
     for name, b in report["bank"].items():
         print(f"bank {name}: {b['classes']}x{b['shots']} x {b['dim']}: {b['bank_bytes'] / 2**20:.1f} MiB vs 37x37 token "
               f"maps {b['token_map_bytes'] / 2**30:.1f} GiB -> {b['ratio']:.0f}x smaller; vs its own "
@@ -257,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     if "shared_backbone_speedup" in report:
         s = report["shared_backbone_speedup"]
         print(f"shared backbone: {s['per_image']:.2f}x per image, {s['encoders']:.2f}x on the encoders")
+    if "merging_full_worst_case_s" in report:
+        w = report["merging_full_worst_case_s"]
+        print(f"ntt merging (full-res exact IoS), {w['masks']} random rectangles at {w['height']}x{w['width']}: "
+              f"{w['seconds']:.3f} s")
     w = report["merging_worst_case_s"]
     print(f"soft merging, all {w['masks']} masks kept: {w['seconds']:.3f} s; peak memory {report['peak_memory_mb']:.0f} MB "
           f"({report['peak_memory_kind']})")
