@@ -19,6 +19,7 @@ from sam2_vitplug.encoders.meta_ijepa import convert_meta_ijepa_state_dict, infe
 
 DATA = Path(__file__).parent / "data" / "meta_reference"
 DINOV3_MLP = DATA / "dinov3" / "dinov3_mlp_vits16_recipe.pth"
+DINOV3_SWIGLU = DATA / "dinov3" / "dinov3_swiglu_vith16plus_recipe.pth"
 IJEPA = DATA / "ijepa" / "tiny-IN1K-vit.14-300e.pth.tar"
 
 
@@ -265,3 +266,19 @@ def test_ijepa_entry_holding_another_family(tmp_path):
     path = _save(tmp_path, "odd.pth.tar", {"encoder": _tiny_dinov3(), "epoch": 1})
     with pytest.raises(ValueError, match="the 'encoder' entry is a DINOv3 state dict, not I-JEPA"):
         load_encoder(path + "#encoder")
+
+
+def test_legacy_torch_save_format_loads(tmp_path):
+    """Files written before the zip format cannot be memory-mapped; they are read the old way."""
+    path = tmp_path / "legacy.pth"
+    torch.save(_tiny_dinov3(), path, _use_new_zipfile_serialization=False)
+    assert torch.equal(_tokens(str(path)), _tokens(str(DINOV3_MLP)))
+
+
+def test_random_init_keeps_the_file_architecture_not_its_weights():
+    file_model = load_encoder(str(DINOV3_SWIGLU)).model
+    enc = load_encoder(str(DINOV3_SWIGLU), random_init=True)
+    assert enc.source == "random" and enc.config.to_dict() == file_model.config.to_dict()
+    got, want = enc.model.state_dict(), file_model.state_dict()
+    assert got.keys() == want.keys()
+    assert not torch.equal(got["model.layer.0.mlp.gate_proj.weight"], want["model.layer.0.mlp.gate_proj.weight"])

@@ -264,6 +264,8 @@ def load_encoder(
             )
         model, picked = _load_meta(path, ijepa_weights, pos_interp)
         source, location = "meta-pth", str(path) + (f"#{picked}" if picked else "")
+        if random_init:  # the file's architecture (read from its tensors) with fresh random weights
+            model, source = _from_config(model.config).eval(), "random"
     elif _looks_like_path(name):
         raise FileNotFoundError(
             f"encoder path '{name}' does not exist; pass an existing directory with config.json, {META_FORMATS}, "

@@ -77,11 +77,17 @@ def sample_keys(keys: Any, n: int = 8) -> str:
 
 
 def read_checkpoint(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` on CPU; FileNotFoundError / one-line ValueError otherwise."""
+    """``torch.load(weights_only=True)`` on CPU (memory-mapped when the format allows); FileNotFoundError /
+    one-line ValueError otherwise."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: a 7B file is not held twice in memory while it is converted
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save format
     except Exception as exc:  # torch raises many types for bad files (zip, pickle, EOF, ...)
         detail = str(exc).strip().split(". ")[0][:200]
         raise ValueError(
