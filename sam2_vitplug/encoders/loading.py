@@ -199,7 +199,7 @@ def load_encoder(
             its encoders). The family of a Meta file is read from its keys.
         encoder_type: the expected family; inferred from ``config.model_type`` when None.
         random_init: build the architecture with random weights (benchmarks, tests). For a
-            preset this needs no file at all.
+            preset this needs no file at all; a Meta file gives its architecture, not its weights.
         revision: hub revision (hub ids only).
         trust_remote_code: forwarded to transformers; off by default.
         pos_interp: ``"meta"`` reproduces Meta's DINOv2 position-embedding interpolation for
