@@ -110,6 +110,23 @@ def _load_meta(path: Path, ijepa_weights: str | None, pos_interp: str) -> tuple[
     return build_meta_dinov2(found.tensors, path, meta_pos_interp=pos_interp == "meta"), None
 
 
+def _weights_selector(text: str, ijepa_weights: str | None) -> tuple[str, str | None]:
+    """Split ``file.pth.tar#encoder`` into the path and the I-JEPA encoder to use; check the two ways agree."""
+    name, selector = split_weights_selector(text)
+    base, sep, unknown = name.rpartition("#")
+    if sep and selector is None and os.path.isfile(os.path.expanduser(base)):
+        raise ValueError(f"'{name}': unknown weights selector '#{unknown}'; an I-JEPA training checkpoint takes "
+                         "'#target_encoder' (default) or '#encoder', other files take none")
+    if selector is not None and ijepa_weights is not None and selector != ijepa_weights:
+        raise ValueError(f"'{text}' selects '{selector}' but ijepa_weights='{ijepa_weights}'; give one of the two")
+    choice = ijepa_weights or selector
+    if choice is not None and not os.path.isfile(os.path.expanduser(name)):
+        if os.path.exists(os.path.expanduser(name)) or find_preset(name) is not None or not _looks_like_path(name):
+            raise ValueError(f"'{name}' is not a checkpoint file; the I-JEPA weights selector ('#{choice}' / "
+                             "ijepa_weights) applies only to an I-JEPA .pth.tar training checkpoint")
+    return name, choice
+
+
 def _hub_error(hub_id: str, err: Exception) -> EncoderNotAvailableError:
     if _offline():
         msg = (
@@ -207,19 +224,7 @@ def load_encoder(
     """
     if pos_interp not in ("meta", "hf"):
         raise ValueError(f"pos_interp must be 'meta' or 'hf', got {pos_interp!r}")
-    name, selector = split_weights_selector(os.fspath(pretrained))
-    base, sep, unknown = name.rpartition("#")
-    if sep and selector is None and os.path.isfile(os.path.expanduser(base)):
-        raise ValueError(f"'{name}': unknown weights selector '#{unknown}'; an I-JEPA training checkpoint takes "
-                         "'#target_encoder' (default) or '#encoder', other files take none")
-    if selector is not None and ijepa_weights is not None and selector != ijepa_weights:
-        raise ValueError(f"'{os.fspath(pretrained)}' selects '{selector}' but ijepa_weights='{ijepa_weights}'; "
-                         "give one of the two")
-    ijepa_weights = ijepa_weights or selector  # type: ignore[assignment]
-    if ijepa_weights is not None and not os.path.isfile(os.path.expanduser(name)):
-        if os.path.exists(os.path.expanduser(name)) or find_preset(name) is not None or not _looks_like_path(name):
-            raise ValueError(f"'{name}' is not a checkpoint file; the I-JEPA weights selector ('#{ijepa_weights}' / "
-                             "ijepa_weights) applies only to an I-JEPA .pth.tar training checkpoint")
+    name, ijepa_weights = _weights_selector(os.fspath(pretrained), ijepa_weights)
     preset = find_preset(name)
     if preset is not None:
         if encoder_type is not None and encoder_type != preset.encoder_type:
