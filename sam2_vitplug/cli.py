@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 # ``register(subparsers: argparse._SubParsersAction) -> None`` which adds its parser(s) and
 # sets ``func`` (a callable taking the parsed args and returning an exit code).
 SUBCOMMAND_MODULES: tuple[str, ...] = ("sam2_vitplug.matching.cli", "sam2_vitplug.heads.cli", "training_ext.export_cli",
-                                       "sam2_vitplug.features_cli")
+                                       "sam2_vitplug.features_cli", "sam2_vitplug.app.cli")
 
 
 from .devices import default_device, parse_device  # noqa: E402,F401 - re-exported: subcommands import it from here
