@@ -28,7 +28,20 @@ $(STAMP): setup.py
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium + its driver for the browser test (tests/test_app.py), from Debian, when missing
+# and apt-get can run as root; otherwise that test skips and says why. Stamped only once both are there.
+BROWSER_STAMP := $(VENV)/.chromium-ready
+$(BROWSER_STAMP): | $(STAMP)
+	@if ! { command -v chromium && command -v chromedriver; } >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver for tests/test_app.py"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	      || echo "warning: chromium could not be installed; the browser test will skip"; \
+	  else echo "note: no chromium/chromedriver and no root apt-get; the browser test will skip"; fi; \
+	fi
+	@if { command -v chromium && command -v chromedriver; } >/dev/null; then touch $@; fi
+
+test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: $(STAMP)
@@ -36,6 +49,7 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) tools/demo_fewshot.py --out demo_out
+	@echo "the few-shot page on these images: $(VENV)/bin/sam2-vitplug app --images demo_out/data/val/images --sam2-config sam2_vit_demo --encoder dinov2_demo, then open http://127.0.0.1:7860/"
 
 bench: $(STAMP)
 	$(PY) tools/bench_trunk.py --out bench_out/bench_trunk.json

@@ -30,7 +30,8 @@ setup(
     + find_namespace_packages(include=["hydra_plugins", "hydra_plugins.*"]),
     package_dir={"sam2_vitplug.configs": "configs"},
     package_data={"sam2_vitplug.configs": ["**/*.yaml"], "": ["*.yaml"],
-                  "sam2_vitplug": ["assets/*/*.safetensors", "assets/*/*.json", "assets/*/*.md"]},
+                  "sam2_vitplug": ["assets/*/*.safetensors", "assets/*/*.json", "assets/*/*.md"],
+                  "sam2_vitplug.app": ["static/*.html", "static/*.js", "static/*.css"]},  # the app's page
     include_package_data=True,
     install_requires=[
         "torch>=2.3",
@@ -50,7 +51,8 @@ setup(
     extras_require={
         # Meta's reference `dinov2` (tests compare our .pth conversion against it) pins torch 2.0;
         # the Makefile installs it with --no-deps.
-        "dev": ["pytest>=8", "pytest-timeout"],
+        # selenium drives Debian's headless chromium in tests/test_app.py (the Makefile installs it)
+        "dev": ["pytest>=8", "pytest-timeout", "selenium>=4.10"],
         "train": [
             "submitit",
             "fvcore",
