@@ -57,3 +57,16 @@ def read_records(folder: str | os.PathLike, kind: str | None = None) -> list[dic
     """Every digest file in ``folder`` (of ``kind`` if given), oldest first."""
     files = sorted(Path(folder).glob(f"{kind or '*'}-*.json"), key=lambda p: p.stat().st_mtime_ns)
     return [json.loads(p.read_text()) for p in files]
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor] | nn.Module) -> str:
+    """One sha256 over every tensor's name, dtype, shape and bytes (sorted by name): equal
+    exactly when two models hold the same weights, wherever they were loaded from."""
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

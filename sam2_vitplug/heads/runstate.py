@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..run_lock import RunLock
+from ..run_settings import flatten
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 LOCK_FILE = "train.lock"
@@ -64,15 +65,6 @@ def listings(pairs: Sequence[tuple[Path, Path]], val_pairs: Sequence[tuple[Path,
     return {"train": _listing(pairs), "val": _listing(val_pairs)}
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _first_file_difference(old: list, new: list) -> str:
     for a, b in zip(old, new):
         if a != b:
@@ -87,7 +79,7 @@ def _first_file_difference(old: list, new: list) -> str:
 def differences(old: dict[str, Any], new: dict[str, Any], old_listings: dict[str, list] | None = None,
                 new_listings: dict[str, list] | None = None) -> list[str]:
     """Human-readable ``setting: old -> new`` lines (empty when the fingerprints match)."""
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) == b.get(key) or (key.startswith("data.") and key.endswith(".pairs")):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoder import MatcherEncoder
+from .encoder import MatcherEncoder, matcher_weights_sha256
 from .features import masked_pool, masks_to_grid
 from .io import atomic_write_bytes, load_rgb
 from .references import BoxPrompter, Reference, reference_mask
@@ -76,6 +76,14 @@ class MemoryBank:
                 f"the memory bank was built with encoder '{self.meta.get('encoder')}' at "
                 f"{self.meta.get('input_size')} px, but this run uses '{matcher.identity}' at {matcher.input_size} px; "
                 "rebuild the bank with `sam2-vitplug fewshot memory --encoder ...` or pass the bank's encoder"
+            )
+        stored = self.meta.get("encoder_weights_sha256")
+        current = matcher_weights_sha256(matcher) if stored is not None else None
+        if current is not None and current != stored:  # same name or path, other weights
+            raise ValueError(
+                f"the memory bank was built with other weights under the encoder name '{matcher.identity}' (weights "
+                f"sha256 {stored[:12]}..., now {current[:12]}...): the file was replaced; rebuild the bank with "
+                "`sam2-vitplug fewshot memory` or restore the weights it was built with"
             )
 
     def shuffled(self, seed: int = 0) -> "MemoryBank":
@@ -205,7 +213,8 @@ def build_bank(
     prototypes = torch.stack([F.normalize(instances[labels == i].mean(0), dim=0) for i in range(len(class_ids))])
     # the method a run must use with this bank: the pooling decides what the vectors mean
     # (un-normalised means for ntt, unit vectors for vitplug); an explicit meta["method"] wins
-    info = {"format": BANK_FORMAT, "encoder": matcher.identity, "input_size": size, "context": context,
+    info = {"format": BANK_FORMAT, "encoder": matcher.identity, "encoder_weights_sha256": matcher_weights_sha256(matcher),
+            "input_size": size, "context": context,
             "crop": crop, "pooling": pooling, "method": "ntt" if pooling == "ntt" else "vitplug",
             "dim": int(instances.shape[1]), "num_instances": len(refs),
             "ann_ids": [r.ann_id for r in refs], **(meta or {})}

@@ -114,17 +114,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     matcher = load_matcher(encoder.removesuffix("#random"), device=device, input_size=int(bank.meta["input_size"]),
                            random_init=random_init)
     bank.check_encoder(matcher)
+    sam2_model = None
     if cfg.proposals.source == "ground_truth":
         source = GroundTruthProposals(coco)
     elif cfg.proposals.source == "sam2":
         p = cfg.proposals
-        source = sam2_proposals_from_config(_build_sam2(args, device), p)
+        sam2_model = _build_sam2(args, device)
+        source = sam2_proposals_from_config(sam2_model, p)
         if p.shared_backbone:
             source.check_same_weights(matcher)
     else:
         raise ValueError(f"proposals.source must be sam2 or ground_truth, got {cfg.proposals.source!r}")
     predictor = FewShotPredictor(bank, source, matcher, cfg)
-    results = run_images(predictor.predict, images, args.images, args.out, info=info, progress=not args.quiet)
+    settings = run_settings(args, cfg, images, matcher, sam2_model)
+    results = run_images(predictor.predict, images, args.images, args.out, info=info, progress=not args.quiet,
+                         settings=settings, overwrite=args.overwrite)
     if info.rank != 0:
         return 0
     print(f"wrote {args.out}: {len(results)} detections on {len(images)} images")
@@ -145,6 +149,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write_json(eval_out, stats, indent=2)
         print(f"wrote {eval_out}")
     return 0
+
+
+def _file_sha256(path: str | None) -> str | None:
+    import hashlib
+
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_settings(args: argparse.Namespace, cfg, images, matcher, sam2_model) -> dict:
+    """Everything that changes what ``fewshot run`` writes, as JSON: a resumed run must match it.
+
+    Weights are identified by their content (``weights_sha256``), not by path, so replaced
+    weights at the same path do not resume; the image folder's location is not part of it."""
+    from omegaconf import OmegaConf
+
+    from ..version import __version__
+    from ..weights_audit import weights_sha256
+    from .encoder import matcher_weights_sha256
+
+    return {
+        "sam2_vitplug": __version__,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "bank_sha256": _file_sha256(args.bank),
+        "images": [[e.image_id, e.file_name] for e in images],
+        "ann_sha256": _file_sha256(args.ann) if cfg.proposals.source == "ground_truth" else None,
+        "matcher": {"identity": str(getattr(matcher, "identity", type(matcher).__name__)),
+                    "input_size": int(matcher.input_size), "weights_sha256": matcher_weights_sha256(matcher)},
+        "sam2": None if sam2_model is None else {
+            "config": args.sam2_config, "overrides": list(args.sam2_override),
+            "image_size": int(sam2_model.image_size), "weights_sha256": weights_sha256(sam2_model)},
+    }
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -218,6 +259,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="pool target features from K-transform-averaged maps at the low-res mask grid "
                           "(config: scoring.hr_transforms; 0 = off)")
     run.add_argument("--out", required=True, help="COCO results json")
+    run.add_argument("--overwrite", action="store_true",
+                     help="drop the shards of an earlier, interrupted run on --out instead of resuming them "
+                          "(a rerun with the same settings resumes; other settings are refused)")
     run.add_argument("--eval", action="store_true", help="evaluate against --ann when done")
     run.add_argument("--eval-out", default=None, help="summary JSON (default: <out>.eval.json)")
     run.add_argument("--vis", type=int, default=0, metavar="N", help="write overlay PNGs of the first N images")

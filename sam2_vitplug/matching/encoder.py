@@ -161,3 +161,12 @@ def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
         return pixels
     shrink = pixels.shape[-2] > size or pixels.shape[-1] > size
     return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def matcher_weights_sha256(matcher) -> str | None:
+    """The digest of a matcher's ViT weights (:func:`sam2_vitplug.weights_audit.weights_sha256`),
+    or None for a matcher without a ViT (a plugin's): banks and runs compare weights, not paths."""
+    from ..weights_audit import weights_sha256
+
+    vit = getattr(matcher, "vit", None)
+    return weights_sha256(vit) if isinstance(vit, nn.Module) else None

@@ -5,6 +5,11 @@ and fsynced), so a killed run loses at most the image in progress. A restarted r
 shard, skips finished images, and the final ``<out>`` lists the results sorted by image id,
 written atomically by rank 0 once all ranks are done; shards are then removed. Image ``i`` of
 the id-sorted list goes to rank ``i % world_size``: no divisibility is assumed.
+
+A run resumes only what it can resume: ``<out>.settings.json`` records everything that changes
+the output (the caller's ``settings``: bank, weights, resolved config, version); a rerun whose
+settings differ refuses, naming what differs, and ``overwrite=True`` starts afresh. A lock file
+per rank (``<out>.lock-<rank>``) keeps a second run off the same ``<out>`` while one is alive.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..run_lock import RunLock
+from ..run_settings import changed_settings
 from .io import atomic_write_bytes, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -95,6 +102,43 @@ def _repair_tail(path: Path) -> None:
             fh.truncate(data.rfind(b"\n") + 1)
 
 
+def settings_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.settings.json"
+
+
+def check_resumable(out: str | os.PathLike, settings: Mapping[str, Any] | None, *, overwrite: bool = False,
+                    info: DistInfo = DistInfo()) -> None:
+    """Refuse to resume shards made with other settings; with ``overwrite`` drop them instead.
+
+    Raises ValueError (one line, naming up to 6 differing settings) before anything is written.
+    Rank 0 writes the settings record of a fresh run."""
+    out = Path(out)
+    record, shards = settings_path(out), shard_paths(out)
+    if overwrite:
+        for path in shards if info.rank == 0 else [p for p in shards if p.name.endswith(f"-{info.rank}.jsonl")]:
+            path.unlink(missing_ok=True)
+        if info.rank == 0:
+            record.unlink(missing_ok=True)
+        shards = []
+    elif shards or record.is_file():
+        if not record.is_file():
+            raise ValueError(f"'{out}' has shards of an earlier run ({shards[0].name}) but no settings record, so "
+                             "this run cannot tell whether it may resume them; pass --overwrite to start afresh")
+        try:
+            old = json.loads(record.read_text())
+        except ValueError as err:
+            raise ValueError(f"'{record}' is unreadable ({err}); pass --overwrite to start afresh") from err
+        diffs = changed_settings(old, json.loads(json.dumps(settings or {})))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+            raise ValueError(f"'{out}' holds a partial run with other settings ({shown}); rerun with that run's "
+                             "settings to resume it, pass --overwrite to start afresh, or use another --out")
+    if info.rank == 0 and not record.is_file():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record, json.dumps(settings or {}, indent=1, sort_keys=True).encode())
+
+
 def finished_images(out: str | os.PathLike) -> dict[int, list]:
     done: dict[int, list] = {}
     for path in shard_paths(out):
@@ -111,12 +155,13 @@ def run_images(
     info: DistInfo = DistInfo(),
     progress: bool = True,
     on_image: Callable[[int], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[dict] | None:
     """Predict every image (this rank's share), then merge. Returns the merged results on rank 0.
 
-    Missing image files raise ``FileNotFoundError`` before anything is written."""
-    from tqdm import tqdm
-
+    Missing image files raise ``FileNotFoundError`` and a partial run made with other
+    ``settings`` raises ``ValueError`` (see :func:`check_resumable`), before anything is written."""
     root = Path(image_root)
     missing = [e.file_name for e in images if not (root / e.file_name).is_file()]
     if missing:
@@ -126,6 +171,18 @@ def run_images(
     if len(set(ids)) != len(ids):
         raise ValueError("image ids are not unique in the image list")
     out = Path(out)
+    lock = RunLock(out.parent / f"{out.name}.lock-{info.rank}", f"--out '{out}'",
+                   "wait for it to finish or stop it, or pass another --out")
+    with lock:
+        check_resumable(out, settings, overwrite=overwrite, info=info)
+        _barrier(info)
+        return _run_locked(predict, images, root, out, ids, info=info, progress=progress, on_image=on_image)
+
+
+def _run_locked(predict, images, root: Path, out: Path, ids: list[int], *, info: DistInfo, progress: bool,
+                on_image) -> list[dict] | None:
+    from tqdm import tqdm
+
     done = finished_images(out)
     mine = [e for i, e in enumerate(sorted(images, key=lambda e: e.image_id)) if i % info.world_size == info.rank]
     todo = [e for e in mine if e.image_id not in done]
@@ -160,4 +217,5 @@ def merge_shards(out: str | os.PathLike, image_ids: Sequence[int]) -> list[dict]
     atomic_write_bytes(out, json.dumps(merged).encode())
     for path in shard_paths(out):
         path.unlink()
+    settings_path(out).unlink(missing_ok=True)
     return merged
