@@ -111,7 +111,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.random_init:
         overrides.append("++model.image_encoder.trunk.random_init=true")
     if args.pretrained:
-        overrides.append(f"++model.image_encoder.trunk.pretrained={args.pretrained}")
+        from .hydra_values import quote_value
+
+        overrides.append(f"++model.image_encoder.trunk.pretrained={quote_value(args.pretrained)}")
     if args.image_size:
         if args.image_size % 16:
             raise ValueError(f"--image-size must be a multiple of 16, got {args.image_size}")
@@ -264,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sam2-ckpt", default=None, help="official SAM2 checkpoint to load around the trunk")
     check.add_argument("--pretrained", default=None,
                        help="override the trunk's weights: preset, hub id, local directory or a Meta checkpoint "
-                            "(DINOv2/DINOv3 .pth, I-JEPA .pth.tar: its target_encoder)")
+                            "(DINOv2/DINOv3 .pth, I-JEPA .pth.tar; 'FILE.pth.tar#encoder' for its context encoder)")
     check.add_argument("--random-init", action="store_true", help="random trunk weights of the same architecture")
     check.add_argument("--image-size", type=int, default=None,
                        help="override model.image_size (multiple of 16; default: the config's)")

@@ -433,3 +433,24 @@ def test_seg_predict_and_eval_reload_what_training_saved(seg_data, encoder_sourc
         monkeypatch.setenv(ENV_VAR, str(audit))
         assert main(command) == 0
         _assert_encoder_record(audit, enc_source)
+
+
+@pytest.mark.parametrize("selector", ["", "#encoder"])
+def test_check_pretrained_meta_checkpoint_with_a_selector(monkeypatch, tmp_path, capsys, selector):
+    """``check --pretrained FILE.pth.tar#encoder`` reaches Hydra quoted, and the trunk runs with
+    the chosen I-JEPA encoder (the release file holds two that differ)."""
+    from sam2_vitplug.cli import main
+    from sam2_vitplug.encoders import load_encoder
+
+    path = DATA / "meta_reference" / "ijepa" / "tiny-IN1K-vit.14-300e.pth.tar"
+    audit = _audited(monkeypatch, tmp_path)
+    assert main(["check", "sam2_vit_ijepa_512.yaml", "--pretrained", f"{path}{selector}", "--image-size", "224",
+                 "--override", "++model.image_encoder.trunk.out_dims=auto", "--device", "cpu"]) == 0
+    monkeypatch.delenv(ENV_VAR)
+    expected = load_encoder(f"{path}{selector}").model.state_dict()
+    other = load_encoder(f"{path}{'#target_encoder' if selector else '#encoder'}").model.state_dict()
+    (sam2,) = read_records(audit, "sam2")
+    prefix = "image_encoder.trunk.vit."
+    ran = {k[len(prefix):]: v for k, v in sam2["tensors"].items() if k.startswith(prefix)}
+    _assert_record_is({"tensors": ran}, expected)
+    assert any(not torch.equal(expected[k], other[k]) for k in expected), "the two encoders must differ"

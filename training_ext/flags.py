@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sam2_vitplug.hydra_values import quote_value
 from sam2_vitplug.modeling.pyramid import UPSAMPLE_MODES
 
 TRUNK = "model.image_encoder.trunk"
@@ -60,9 +61,6 @@ def parse_out_dims(text: str) -> list[int]:
     return dims
 
 
-def _quote(value: str) -> str:
-    # Hydra's override grammar: quote values holding characters it would parse (paths with '=' etc.)
-    return value if all(c.isalnum() or c in "/._-~+:" for c in value) else "'" + value.replace("'", "\\'") + "'"
 
 
 def encoder_overrides(flags: EncoderFlags, trunk_kind: str) -> list[str]:
@@ -82,7 +80,7 @@ def encoder_overrides(flags: EncoderFlags, trunk_kind: str) -> list[str]:
     if flags.encoder_type is not None:
         out.append(f"++{TRUNK}.encoder_type={flags.encoder_type}")
     if flags.encoder_ckpt is not None:
-        out.append(f"++{TRUNK}.pretrained={_quote(str(flags.encoder_ckpt))}")
+        out.append(f"++{TRUNK}.pretrained={quote_value(str(flags.encoder_ckpt))}")
     if flags.encoder_out_dims is not None:
         out.append(f"++{TRUNK}.out_dims=[{','.join(map(str, parse_out_dims(flags.encoder_out_dims)))}]")
     if flags.encoder_upsample_mode is not None:

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc = parser.add_argument_group("encoder (become Hydra overrides on model.image_encoder.trunk)")
     enc.add_argument("--encoder-type", choices=encoder_type_choices(), default=None,
                      help="trunk family; 'hiera' switches to upstream's Hiera model option")
-    enc.add_argument("--encoder-ckpt", default=None, help="ViT weights: preset name, hub id, local dir or Meta .pth")
+    enc.add_argument("--encoder-ckpt", default=None, help="ViT weights: preset name, hub id, local dir or a Meta checkpoint (DINOv2/DINOv3 .pth, "
+                          "I-JEPA .pth.tar, FILE.pth.tar#encoder for its context encoder)")
     enc.add_argument("--encoder-out-dims", default=None, metavar="C32,C16,C8,C4",
                      help="pyramid channels, low-res first; the neck's backbone_channel_list follows")
     enc.add_argument("--encoder-upsample-mode", choices=UPSAMPLE_MODES, default=None,
