@@ -400,7 +400,7 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         driver.get(url)
         find = lambda i: driver.find_element(By.ID, i)  # noqa: E731
-        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#image-list li"), what="the image list")
+        _wait(driver, lambda d: find("ref-canvas").get_attribute("data-image"), what="the first image")
 
         # 1. references: a positive click on a circle, a dragged box around a square
         for ann, cls, how in ((circle, "circle", "click"), (square, "square", "box")):
@@ -423,6 +423,17 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
             x, y = anchor(from_rle(ann["segmentation"]))
             _click_image_px(driver, canvas, x, y)
             masked()
+            if how == "click":  # a negative point on the background, then Undo takes it back
+                before = find("ref-status").get_attribute("data-ready")
+                ActionChains(driver).key_down(Keys.SHIFT).perform()
+                _click_image_px(driver, canvas, 3, 3)
+                ActionChains(driver).key_up(Keys.SHIFT).perform()
+                masked()
+                assert canvas.get_attribute("data-prompt") == "10"
+                before = find("ref-status").get_attribute("data-ready")
+                find("undo-point").click()
+                masked()
+            assert canvas.get_attribute("data-prompt") == ("1b" if how == "box" else "1")
             field = find("class-name")
             field.clear()
             field.send_keys(cls)
@@ -430,8 +441,21 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
             find("add-ref").click()
             _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ref-list li")) == n + 1, what="the reference")
             driver.save_screenshot(str(shots / f"1_reference_{cls}.png"))
+        # a third object, added and then deleted
+        other = next(a for a in gt["annotations"] if a["image_id"] == square["image_id"] and a["category_id"] != 2)
+        before = find("ref-status").get_attribute("data-ready")
+        _click_image_px(driver, find("ref-canvas"), *anchor(from_rle(other["segmentation"])))
+        _wait(driver, lambda d: find("ref-status").get_attribute("data-ready") != before, what="the SAM2 mask")
+        find("class-name").clear()
+        find("class-name").send_keys("junk")
+        find("add-ref").click()
+        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ref-list li")) == 3, what="the third reference")
+        assert [c["name"] for c in json.loads((out / "references.json").read_text())["categories"]] == [
+            "circle", "square", "junk"]
+        driver.find_element(By.CSS_SELECTOR, "#ref-list li:last-child .delete-ref").click()
+        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ref-list li")) == 2, what="the deletion")
         refs = json.loads((out / "references.json").read_text())
-        assert [c["name"] for c in refs["categories"]] == ["circle", "square"]
+        assert [c["name"] for c in refs["categories"]] == ["circle", "square"] and len(refs["annotations"]) == 2
         m_click, m_box = (from_rle(a["segmentation"]) for a in refs["annotations"])
         for ann, m in ((circle, m_click), (square, m_box)):
             x, y = anchor(from_rle(ann["segmentation"]))
@@ -480,8 +504,9 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         assert rejected in visible and from_rle(raw[rejected]["segmentation"])[ay, ax]
         find("reject").click()
         _wait(driver, lambda d: find("shown-count").get_attribute("data-kept") == str(len(visible) - 1), what="the rejection")
-        counts = {row.get_attribute("data-class-id"): row.find_elements(By.TAG_NAME, "td")[1].text
-                  for row in driver.find_elements(By.CSS_SELECTOR, "#counts tr[data-class-id]")}
+        counts = driver.execute_script(  # read in one go: the table is redrawn on every decision
+            "return Object.fromEntries([...document.querySelectorAll('#counts tr[data-class-id]')]"
+            ".map((r) => [r.dataset.classId, r.cells[1].textContent]))")
         kept_ids = [i for i in visible if i != rejected]
         assert counts == {str(c): str(sum(raw[i]["category_id"] == c for i in kept_ids)) for c in (1, 2)}
         driver.save_screenshot(str(shots / "3_review_rejected.png"))

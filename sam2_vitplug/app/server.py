@@ -16,15 +16,19 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..matching.io import atomic_write_bytes, load_rgb
 from .jobs import Context, Jobs, Settings, defaults
-from .masks import png_data_url
+from .masks import from_rle, png_data_url
 from .paths import BadRequest, inside, list_images
 from .refstore import RefStore
 from .review import Review
 from .segment import Prompt, Segmenter
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class App:
     def _run_done(self, results: Path) -> None:
         self.review.load(results, self.ctx.targets)
 
-    def image(self, name: object) -> tuple[Path, "object"]:
+    def image(self, name: object) -> tuple[Path, "np.ndarray"]:
         path = inside(self.ctx.images, name)
         return path, load_rgb(path)
 
@@ -70,7 +74,7 @@ class App:
 
     def get_refs(self, q: dict) -> list[dict]:
         inside(self.ctx.images, q.get("image"))
-        return [{"id": o.id, "class_name": o.class_name, "bbox": o.bbox, "mask": png_data_url(_mask(o.rle))}
+        return [{"id": o.id, "class_name": o.class_name, "bbox": o.bbox, "mask": png_data_url(from_rle(o.rle))}
                 for o in self.refs.of_image(q["image"])]
 
     def post_segment(self, body: dict) -> dict:
@@ -131,12 +135,6 @@ class App:
             raise BadRequest(f"'{name}' is not an image PIL can read") from None
         atomic_write_bytes(path, data)
         return {"uploaded": name, "images": list_images(self.ctx.images)}
-
-
-def _mask(rle: dict):
-    from .masks import from_rle
-
-    return from_rle(rle)
 
 
 GET_ROUTES = {"/api/state": App.get_state, "/api/defaults": App.get_defaults, "/api/refs": App.get_refs,

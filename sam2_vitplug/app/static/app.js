@@ -60,15 +60,21 @@ async function loadState() {
   if (!S.images.length) message("the image folder has no images; upload one (References > Upload an image)");
 }
 
+// rebuilt only when the folder's images change; selections and references only restyle the items
 function renderImageList() {
   const ul = $("image-list"); ul.innerHTML = "";
   for (const name of S.images) {
     const li = document.createElement("li");
     li.textContent = name; li.dataset.name = name;
-    li.classList.toggle("current", name === S.current?.name);
-    li.classList.toggle("has-refs", S.refs.some((r) => r.file_name === name));
     li.addEventListener("click", guard(() => selectImage(name)));
     ul.appendChild(li);
+  }
+  markImageList();
+}
+function markImageList() {
+  for (const li of $("image-list").children) {
+    li.classList.toggle("current", li.dataset.name === S.current?.name);
+    li.classList.toggle("has-refs", S.refs.some((r) => r.file_name === li.dataset.name));
   }
 }
 
@@ -85,7 +91,7 @@ function renderRefList() {
     del.addEventListener("click", guard(async () => {
       await api("/api/references/delete", { id: r.id });
       S.refs = S.refs.filter((x) => x.id !== r.id);
-      renderRefList(); renderImageList(); renderTargets(); await refreshImageRefs(); message("reference deleted", true);
+      renderRefList(); markImageList(); renderTargets(); await refreshImageRefs(); message("reference deleted", true);
     }));
     li.append(label, del); ul.appendChild(li);
   }
@@ -100,7 +106,7 @@ async function selectImage(name) {
   const c = $("ref-canvas"); c.width = im.width * scale; c.height = im.height * scale; c.dataset.scale = scale;
   c.dataset.image = name;
   S.prompt = { points: [], box: null }; S.preview = null;
-  renderImageList(); await refreshImageRefs(); $("ref-status").textContent = `${name}: ${im.width}x${im.height}`;
+  markImageList(); await refreshImageRefs(); $("ref-status").textContent = `${name}: ${im.width}x${im.height}`;
 }
 
 async function refreshImageRefs() {
@@ -130,6 +136,7 @@ function drawRef(drag) {
     g.beginPath(); g.arc(x * s, y * s, 5, 0, 7); g.fillStyle = l ? "#00e676" : "#ff1744"; g.fill();
     g.lineWidth = 1.5; g.strokeStyle = "#000"; g.stroke();
   }
+  c.dataset.prompt = S.prompt.points.map((p) => p[2]).join("") + (S.prompt.box ? "b" : ""); // 1 positive, 0 negative, b box
   const b = drag || S.prompt.box;
   if (b) { g.strokeStyle = "#00e5ff"; g.lineWidth = 2; g.strokeRect(b[0] * s, b[1] * s, (b[2] - b[0]) * s, (b[3] - b[1]) * s); }
 }
@@ -191,7 +198,7 @@ $("add-ref").addEventListener("click", guard(async () => {
   if (!S.classes.includes(name)) S.classes.push(name);
   S.refs.push(r);
   S.prompt = { points: [], box: null }; S.preview = null;
-  renderRefList(); renderImageList(); renderTargets(); await refreshImageRefs();
+  renderRefList(); markImageList(); renderTargets(); await refreshImageRefs();
   message(`reference #${r.id} (${name}) saved to references.json`, true);
 }));
 
