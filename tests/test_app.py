@@ -305,6 +305,22 @@ def test_cli_refuses_a_missing_folder(tmp_path, capsys):
     assert "is not a directory" in err and "Traceback" not in err
 
 
+def test_cli_names_a_busy_port(tmp_path, capsys):
+    import socket
+
+    from sam2_vitplug.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["app", "--images", str(tmp_path / "imgs"), "--sam2-config", "sam2_vit_demo", "--port", str(port),
+                     "--out", str(tmp_path / "out"), "--no-preload"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
+
+
 # ---------------------------------------------------------------- the page in a real browser
 def _browser():
     """A headless Chromium driven by Debian's chromedriver, or a skip saying what is missing."""
@@ -346,6 +362,34 @@ def _click_image_px(driver, canvas, x, y):
         .click().perform()
 
 
+def _set_min_score(driver, value):
+    """Type the minimum score into its number box (as a user would) and leave the field."""
+    from selenium.webdriver.common.keys import Keys
+
+    num = driver.find_element("id", "min-score-num")
+    num.send_keys(Keys.CONTROL, "a")
+    num.send_keys(str(value), Keys.TAB)
+
+
+def _select_detection(driver, url, raw, candidates):
+    """Click the label point of each candidate detection on its target until the page selects a
+    candidate (a click picks the best-scoring shown mask under it); return its id."""
+    for det in candidates:
+        image_id = raw[det]["image_id"]
+        masks = json.loads(_call(f"{url}/api/review/masks?image_id={image_id}")[1])
+        ax, ay = next(m["anchor"] for m in masks if m["id"] == det)
+        card = driver.find_element("css selector", f'.card[data-image-id="{image_id}"] canvas')
+        panel = driver.find_element("id", "det-panel")
+        before = panel.get_attribute("data-picks")
+        _click_image_px(driver, card, ax, ay)
+        _wait(driver, lambda d: panel.get_attribute("data-picks") != before, 10, "the click to be handled")
+        chosen = int(panel.get_attribute("data-id") or -1)
+        if chosen in candidates:
+            assert from_rle(raw[chosen]["segmentation"])[ay, ax], "the selected mask is not under the click"
+            return chosen
+    raise AssertionError(f"none of the detections {candidates[:10]} could be selected by a click")
+
+
 def _pick_ref(coco, cat_id, skip_images):
     """The largest annotation of a class that the sampler accepts (box sides >= 32, 12 px off the border)."""
     ims = {im["id"]: im for im in coco["images"]}
@@ -373,6 +417,7 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
 
     from sam2_vitplug.matching.runner import images_from_folder
 
@@ -487,21 +532,12 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         assert len(scores) >= 4, f"too few detections to review: {scores}"
         thr = round(scores[len(scores) // 2], 2)
         thr = thr if sum(s >= thr for s in scores) >= 2 else round(scores[-2] - 0.005, 3)
-        num = find("min-score-num")
-        num.send_keys(Keys.CONTROL, "a")
-        num.send_keys(str(thr), Keys.TAB)
+        _set_min_score(driver, thr)
         visible = [i for i, r in enumerate(raw) if r["score"] >= thr]
         assert 0 < len(visible) < len(raw)
         _wait(driver, lambda d: find("shown-count").get_attribute("data-kept") == str(len(visible)), what="the filter")
         driver.save_screenshot(str(shots / "3_review_filtered.png"))
-        target = raw[visible[0]]
-        masks = json.loads(_call(f"{url}/api/review/masks?image_id={target['image_id']}")[1])
-        ax, ay = next(m["anchor"] for m in masks if m["id"] == visible[0])
-        card = driver.find_element(By.CSS_SELECTOR, f'.card[data-image-id="{target["image_id"]}"] canvas')
-        _click_image_px(driver, card, ax, ay)
-        _wait(driver, lambda d: find("det-panel").get_attribute("data-id") not in ("", None), what="a selection")
-        rejected = int(find("det-panel").get_attribute("data-id"))
-        assert rejected in visible and from_rle(raw[rejected]["segmentation"])[ay, ax]
+        rejected = _select_detection(driver, url, raw, visible)
         find("reject").click()
         _wait(driver, lambda d: find("shown-count").get_attribute("data-kept") == str(len(visible) - 1), what="the rejection")
         counts = driver.execute_script(  # read in one go: the table is redrawn on every decision
@@ -510,6 +546,20 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         kept_ids = [i for i in visible if i != rejected]
         assert counts == {str(c): str(sum(raw[i]["category_id"] == c for i in kept_ids)) for c in (1, 2)}
         driver.save_screenshot(str(shots / "3_review_rejected.png"))
+
+        # fix the class of a kept detection, then accept one under the minimum (shown by lowering the slider)
+        fixed = _select_detection(driver, url, raw, kept_ids)
+        new_class = 3 - raw[fixed]["category_id"]
+        Select(find("det-class")).select_by_value(str(new_class))
+        _wait(driver, lambda d: json.loads(_call(url + "/api/review")[1])["detections"][fixed]["category_id"] == new_class,
+              what="the class fix")
+        _set_min_score(driver, 0)
+        accepted = _select_detection(driver, url, raw, [i for i, r in enumerate(raw) if r["score"] < thr])
+        find("accept").click()
+        _wait(driver, lambda d: "accepted" in find("det-info").text, what="the acceptance")
+        _set_min_score(driver, thr)
+        _wait(driver, lambda d: find("shown-count").get_attribute("data-kept") == str(len(kept_ids) + 1),
+              what="the accepted detection to count")
 
         # 4. export
         find("tab-export").click()
@@ -543,13 +593,14 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
           "--out", str(cli / "results.json"), *common], tmp_path)
     cli_results = json.loads((cli / "results.json").read_text())
     assert cli_results == raw  # every detection, bit for bit
-    expected = [r for i, r in enumerate(cli_results) if r["score"] >= thr and i != rejected]
+    expected = [{**r, "category_id": new_class if i == fixed else r["category_id"]}
+                for i, r in enumerate(cli_results) if i in set(kept_ids) | {accepted}]
     coco_gt = COCO()
     coco_gt.dataset = sub
     coco_gt.createIndex()
     page_dt, cli_dt = coco_gt.loadRes(exported), coco_gt.loadRes(expected)
     key = lambda a: (a["image_id"], a["category_id"], a["score"], tuple(a["bbox"]), a["segmentation"]["counts"])  # noqa: E731
-    assert len(exported) == len(visible) - 1
+    assert len(exported) == len(visible) and accepted not in visible and fixed in kept_ids
     assert [key(a) for a in page_dt.dataset["annotations"]] == [key(a) for a in cli_dt.dataset["annotations"]]
     assert sorted(p.name for p in shots.iterdir()) == ["1_reference_circle.png", "1_reference_square.png", "2_run.png",
                                                        "3_review_filtered.png", "3_review_rejected.png", "4_export.png"]

@@ -326,6 +326,7 @@ function pick(imageId, ev) {
   const hits = (S.review.byImage[imageId] || []).filter((d) => (visible(d) || d.status === "rejected") && card.masks[d.id].t.hit(x, y));
   hits.sort((a, b) => (visible(b) - visible(a)) || (b.score - a.score));
   select(hits.length ? hits[0].id : null);
+  $("det-panel").dataset.picks = Number($("det-panel").dataset.picks || 0) + 1; // clicks handled so far
 }
 
 function select(id) {
