@@ -124,12 +124,14 @@ def test_jobs_run_memory_then_a_fresh_run_and_report_errors(tmp_path):
     stale = [ctx.results, ctx.out / "results.json.shard-0.jsonl", ctx.out / "results.json.settings.json"]
     for p in stale:
         p.write_text("old")
-    calls, done, gate = [], [], threading.Event()
+    calls, done, progress, gate = [], [], [], threading.Event()
 
     def fake_cli(argv):
         gate.wait(10)
         calls.append((argv[1], [p.exists() for p in stale]))
-        if argv[1] == "run":
+        if argv[1] == "run":  # one image finished: the shard line is what the progress counts
+            (ctx.out / "results.json.shard-0.jsonl").write_text(json.dumps({"image_id": 1, "results": []}) + "\n")
+            progress.append({k: jobs.status()[k] for k in ("state", "stage", "done", "total")})
             ctx.results.write_text("[]")
 
     jobs = Jobs(ctx, done.append, cli=fake_cli)
@@ -143,6 +145,7 @@ def test_jobs_run_memory_then_a_fresh_run_and_report_errors(tmp_path):
     status = _wait_job(jobs)
     assert (status["state"], status["done"], status["total"]) == ("done", 1, 1)
     assert calls == [("memory", [True, True, True]), ("run", [False, False, False])]  # the old run is gone first
+    assert progress == [{"state": "running", "stage": "segmenting the targets", "done": 1, "total": 1}]
     assert done == [ctx.results] and status["commands"][0].startswith("sam2-vitplug fewshot memory --refs ")
 
     def failing(argv):
@@ -591,6 +594,10 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
     _cli(["fewshot", "run", "--bank", str(cli / "bank.safetensors"), "--images", str(images), "--ann",
           str(cli / "targets.json"), "--points-per-side", "8", "--iou-thr", "0.4", "--shared-backbone", "--quiet",
           "--out", str(cli / "results.json"), *common], tmp_path)
+    from safetensors.numpy import load_file
+
+    page_bank, cli_bank = load_file(out / "bank.safetensors"), load_file(cli / "bank.safetensors")
+    assert page_bank.keys() == cli_bank.keys() and all((page_bank[k] == cli_bank[k]).all() for k in page_bank)
     cli_results = json.loads((cli / "results.json").read_text())
     assert cli_results == raw  # every detection, bit for bit
     expected = [{**r, "category_id": new_class if i == fixed else r["category_id"]}
