@@ -450,6 +450,15 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         find = lambda i: driver.find_element(By.ID, i)  # noqa: E731
         _wait(driver, lambda d: find("ref-canvas").get_attribute("data-image"), what="the first image")
 
+        # an upload lands in the folder (a name sorted last keeps the others' ids); a non-image is refused in the page
+        find("upload").send_keys(str(_png(tmp_path / "zz_upload.png", (64, 48))))
+        _wait(driver, lambda d: find("ref-canvas").get_attribute("data-image") == "zz_upload.png", what="the upload")
+        assert (images / "zz_upload.png").is_file() and len(driver.find_elements(By.CSS_SELECTOR, "#image-list li")) == 7
+        (tmp_path / "fake.png").write_bytes(b"not a picture")
+        find("upload").send_keys(str(tmp_path / "fake.png"))
+        _wait(driver, lambda d: "not an image" in find("msg").text, what="the upload refusal")
+        assert not (images / "fake.png").exists()
+
         # 1. references: a positive click on a circle, a dragged box around a square
         for ann, cls, how in ((circle, "circle", "click"), (square, "square", "box")):
             name = names[ann["image_id"]]
@@ -513,6 +522,10 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
 
         # 2. run on three targets with the demo's settings
         find("tab-run").click()
+        find("s-encoder").clear()  # the server's message for a missing setting shows in the page
+        find("run").click()
+        _wait(driver, lambda d: "an encoder is needed" in find("msg").text, what="the missing-encoder message")
+        find("s-encoder").send_keys("dinov2_demo")
         for i, v in (("s-points", "8"), ("s-input", "224"), ("s-shots", "5"), ("s-sets", "memory.min_size=16")):
             find(i).clear()
             find(i).send_keys(v)
@@ -520,7 +533,7 @@ def test_page_end_to_end_in_chromium_matches_the_cli(tmp_path):
         find("t-none").click()
         for t in targets:
             driver.find_element(By.CSS_SELECTOR, f'#target-list input[value="{t}"]').click()
-        assert find("target-count").text == f"3 of {len(names)}"
+        assert find("target-count").text == f"3 of {len(names) + 1}"
         find("run").click()
         _wait(driver, lambda d: find("job-status").get_attribute("data-state") in ("done", "error"), 240, "the run")
         assert find("job-status").get_attribute("data-state") == "done", find("job-status").text
