@@ -247,7 +247,7 @@ def server(tmp_path):
     app = App(ctx, "dinov2_demo", 2048, segmenter=_NoModel())
     srv = serve(app, "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", imgs
+    yield f"http://127.0.0.1:{srv.server_address[1]}", imgs, app
     srv.shutdown()
     srv.server_close()
 
@@ -262,7 +262,7 @@ def _call(url, data=None, headers=None, method=None):
 
 
 def test_http_answers_bad_input_with_one_message(server):
-    url, imgs = server
+    url, imgs, _ = server
     status, body = _call(url + "/")
     assert status == 200 and b"sam2-vitplug few-shot" in body
     for page in ("/", "/static/app.js", "/static/app.css"):  # nothing from outside: the page works offline
@@ -298,6 +298,18 @@ def test_http_answers_bad_input_with_one_message(server):
     status, body = _call(url + "/api/upload", png, {"Content-Type": "application/octet-stream", "X-Filename": "c.png"},
                          "POST")
     assert status == 200 and json.loads(body)["images"] == ["a.png", "c.png"] and (imgs / "c.png").read_bytes() == png
+
+
+def test_http_run_names_an_unreadable_target(server):
+    url, imgs, app = server
+    app.refs.add("a.png", 32, 24, "thing", np.ones((24, 32), bool), 0.9)
+    (imgs / "broken.png").write_bytes(b"\x89PNG not really")
+    status, body = _call(url + "/api/run", json.dumps({"settings": SETTINGS, "targets": None}).encode(),
+                         {"Content-Type": "application/json"}, "POST")
+    assert status == 400 and "'broken.png' cannot be read as an image" in json.loads(body)["error"]
+    status, body = _call(url + "/api/run", json.dumps({"settings": {**SETTINGS, "iou_thr": "x"}}).encode(),
+                         {"Content-Type": "application/json"}, "POST")
+    assert status == 400 and "iou_thr" in json.loads(body)["error"]
 
 
 def test_cli_refuses_a_missing_folder(tmp_path, capsys):

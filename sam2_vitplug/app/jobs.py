@@ -161,8 +161,12 @@ def write_targets(ctx: Context, names: Sequence[str] | None, categories: list[di
         raise BadRequest("choose at least one target image")
     images = []
     for e in entries:
-        with Image.open(ctx.images / e.file_name) as im:
-            images.append({"id": e.image_id, "file_name": e.file_name, "width": im.width, "height": im.height})
+        try:
+            with Image.open(ctx.images / e.file_name) as im:
+                images.append({"id": e.image_id, "file_name": e.file_name, "width": im.width, "height": im.height})
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified, truncated header
+            raise BadRequest(f"'{e.file_name}' cannot be read as an image ({type(err).__name__}); "
+                             "remove it from the folder or leave it out of the targets") from None
     atomic_write_json(ctx.targets, {"images": images, "annotations": [], "categories": categories}, indent=1)
     return len(images)
 

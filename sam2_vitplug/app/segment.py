@@ -9,6 +9,7 @@ lock: upstream's predictor holds one image at a time.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,9 @@ class Segmenter:
         try:
             with self._lock:
                 self._ready()
-        except Exception:  # noqa: BLE001 - reported by the first predict, where the page shows it
-            pass
+        except Exception as err:  # noqa: BLE001 - the first click reports it again, in the page
+            print(f"warning: SAM2 '{self._args.sam2_config}' could not be built ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                  "the page will say so on the first click", file=sys.stderr)
 
     def predict(self, path: Path, rgb: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, float]:
         """(``(H, W)`` bool mask, SAM2's predicted IoU). One positive point alone asks for three

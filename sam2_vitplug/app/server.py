@@ -195,9 +195,13 @@ def make_handler(app: App, allowed_hosts: set[str] | None) -> type[BaseHTTPReque
                 self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
             except BadRequest as err:
                 self._error(HTTPStatus.BAD_REQUEST, str(err))
-            except (ValueError, FileNotFoundError, KeyError) as err:  # the library's one-line user errors
-                self._error(HTTPStatus.BAD_REQUEST, str(err.args[0] if isinstance(err, KeyError) and err.args else err))
             except Exception as err:  # noqa: BLE001 - the page gets one line, the log the traceback
+                from ..cli import _user_error
+
+                cause = _user_error(err)  # the library's one-line user errors, as the CLI finds them
+                if cause is not None:
+                    return self._error(HTTPStatus.BAD_REQUEST, str(cause.args[0] if isinstance(cause, KeyError)
+                                                                   and cause.args else cause))
                 logger.exception("request %s failed", self.path)
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(err).__name__}: {err}); "
                                                               "the server log has the details")
