@@ -139,6 +139,7 @@ def ntt_square(image: np.ndarray, size: int) -> np.ndarray:
 ENGINES = ("fast", "upstream")
 GRIDS = ("ntt", "cells")
 RESIZES = ("ntt", "vitplug")
+RENDER_CHUNK = 32  # full-resolution masks upsampled at once (bounds the float intermediate)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -371,8 +372,10 @@ class SAM2Proposals:
                 return torch.zeros(0, height, width, dtype=torch.bool)
             if ntt:  # the reference: raw logits, bilinear with antialias straight to H x W
                 sel = raw[idx.to(raw.device)][:, None]
-                return (F.interpolate(sel, (height, width), mode="bilinear", align_corners=False,
-                                      antialias=True)[:, 0] > 0).cpu()
+                # in chunks: the reference renders every NMS survivor (up to 800) for merging, and
+                # 800 float maps at full resolution would be ~1 GB at 640 x 480
+                return torch.cat([(F.interpolate(part, (height, width), mode="bilinear", align_corners=False,
+                                                 antialias=True)[:, 0] > 0).cpu() for part in sel.split(RENDER_CHUNK)])
             sel = logits_t[idx.to(logits_t.device)]
             return (transforms.postprocess_masks(sel[:, None], (height, width))[:, 0] > 0).cpu()
 
