@@ -3,7 +3,7 @@
 const $ = (id) => document.getElementById(id);
 const PALETTE = ["#e53935", "#43a047", "#1e88e5", "#fdd835", "#8e24aa", "#00acc1", "#fb8c00", "#6d4c41", "#d81b60", "#7cb342"];
 const S = { images: [], classes: [], refs: [], current: null, prompt: { points: [], box: null }, preview: null,
-            review: null, selected: null, cards: {}, seq: 0 };
+            review: null, selected: null, cards: {}, seq: 0, min: 0.5 };
 
 function message(text, ok) {
   const m = $("msg");
@@ -264,7 +264,7 @@ function showJob(j) {
 }
 
 // ---------- review
-const minScore = () => Number($("min-score").value);
+const minScore = () => S.min; // the typed value, exactly (the slider snaps to its 0.01 steps)
 function visible(d) { return d.status === "accepted" || (d.status !== "rejected" && d.score >= minScore()); }
 function kept() { return S.review ? S.review.detections.filter(visible) : []; }
 
@@ -362,7 +362,7 @@ document.addEventListener("keydown", (ev) => {
 
 function setMin(v) {
   if (!Number.isFinite(v) || v < 0 || v > 1) { message("the minimum score must be between 0 and 1"); return; }
-  $("min-score").value = v; $("min-score-num").value = v; renderReview();
+  S.min = v; $("min-score").value = v; $("min-score-num").value = v; renderReview();
 }
 $("min-score").addEventListener("input", () => setMin(Number($("min-score").value)));
 $("min-score-num").addEventListener("change", () => setMin(Number($("min-score-num").value)));
