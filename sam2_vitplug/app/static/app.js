@@ -204,9 +204,10 @@ $("add-ref").addEventListener("click", guard(async () => {
 
 $("upload").addEventListener("change", guard(async (ev) => {
   const f = ev.target.files[0]; if (!f) return;
-  const r = await api("/api/upload", await f.arrayBuffer(), f.name);
+  let r;
+  try { r = await api("/api/upload", await f.arrayBuffer(), f.name); } finally { ev.target.value = ""; }
   S.images = r.images; renderImageList(); renderTargets(); await selectImage(r.uploaded);
-  message(`uploaded ${r.uploaded}`, true); ev.target.value = "";
+  message(`uploaded ${r.uploaded}`, true);
 }));
 
 // ---------- run
