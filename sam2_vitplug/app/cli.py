@@ -1,4 +1,9 @@
-"""``sam2-vitplug app``: serve the few-shot page for a folder of images (see the package docstring)."""
+"""``sam2-vitplug app``: a local web page for the whole few-shot job on a folder of images.
+
+Make references by clicking (SAM2 shows each mask at once), run ``fewshot memory`` + ``fewshot
+run`` on all or some images with a progress bar, review the detections (score filter, accept,
+reject, fix a class) and export COCO files. Open the printed address in a browser on this
+machine; files go to --out."""
 
 from __future__ import annotations
 
