@@ -356,7 +356,7 @@ $("reject").addEventListener("click", guard(() => decide({ status: "rejected" })
 $("reset").addEventListener("click", guard(() => decide({ status: "" })));
 $("det-class").addEventListener("change", guard(() => decide({ category_id: Number($("det-class").value) })));
 document.addEventListener("keydown", (ev) => {
-  if ($("panel-review").hidden || ev.target.tagName === "INPUT" || S.selected === null) return;
+  if ($("panel-review").hidden || ["INPUT", "SELECT"].includes(ev.target.tagName) || S.selected === null) return;
   if (ev.key === "a") guard(() => decide({ status: "accepted" }))();
   if (ev.key === "r") guard(() => decide({ status: "rejected" }))();
 });
