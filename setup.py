@@ -44,7 +44,8 @@ setup(
         "huggingface_hub",
         "tqdm",
         "numpy",
-        "pillow",
+        "pillow",  # overlays and image I/O
+        "matplotlib",  # training-curve plots (Agg canvas, no display)
         "pycocotools",  # few-shot: RLE masks and COCOeval
         "scipy",  # segmentation heads: Hungarian matching
     ],

@@ -139,31 +139,33 @@ def test_features_outputs_follow_the_umask(tiny_models, tmp_path):
 
 
 # ---- training curves ----------------------------------------------------------------------------
-@pytest.mark.parametrize("lo, hi, expected", [
-    (0.13, 0.87, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-    (0.5, 2.3, [0.5, 1.0, 1.5, 2.0, 2.5]),
-    (3.0, 3.0, [3.0]),
-])
-def test_nice_ticks_are_round_and_cover_the_range(lo, hi, expected):
-    from sam2_vitplug.heads.plots import nice_ticks
+def test_curves_have_tick_labels_axis_names_and_legends(tmp_path):
+    from sam2_vitplug.heads.plots import history_figure, plot_history
 
-    assert nice_ticks(lo, hi) == expected
-
-
-def test_curves_have_tick_labels_and_axis_names(tmp_path):
-    from sam2_vitplug.heads.plots import font, plot_history
-
-    assert getattr(font(14), "size", None) == 14  # a scalable font, not the 8 px bitmap fallback
     history = [{"epoch": e, "train_loss": 1 / e, "pixel_accuracy": 0.5 + e / 40, "mIoU": 0.2 + e / 30}
                for e in range(1, 11)]
+    figure = history_figure(history)
+    figure.canvas.draw()  # tick labels exist only once drawn
+    for axes, ylabel, name in zip(figure.axes, ["loss", "accuracy", "mIoU"], ["train", "val", "val"]):
+        assert (axes.get_xlabel(), axes.get_ylabel()) == ("epoch", ylabel)
+        assert [t.get_text() for t in axes.get_legend().get_texts()] == [name]
+        yticks = [t for t in axes.get_yticklabels() if t.get_text()]
+        assert len(yticks) >= 3 and all(t.get_fontsize() >= 10 for t in yticks)  # readable, not 8 px
+        epochs = [float(t.get_text().replace("\u2212", "-")) for t in axes.get_xticklabels() if t.get_text()]
+        assert epochs and all(e == int(e) for e in epochs)  # whole epochs only
     plot_history(history, tmp_path / "curves.png")
     image = np.asarray(Image.open(tmp_path / "curves.png").convert("L"))
     assert image.shape == (400, 1260)
-    # the y tick labels sit left of each panel's axis (x 10..70): several rows of dark text there
-    labels = (image[50:360, 14:70] < 200).any(axis=1)
-    assert labels.sum() > 20
-    below = (image[355:392, 80:400] < 200).any(axis=0)  # epoch tick labels and the axis name
-    assert below.sum() > 40
+    # the first panel's y tick labels sit left of its axis: several rows of dark text there
+    assert (image[50:340, 0:60] < 200).any(axis=1).sum() > 20
+
+
+def test_curves_say_when_there_is_no_validation(tmp_path):
+    from sam2_vitplug.heads.plots import history_figure
+
+    figure = history_figure([{"epoch": 1, "train_loss": 0.5}])
+    notes = [t.get_text() for t in figure.axes[1].texts]
+    assert notes == ["no validation (train with --validate)"]
 
 
 def test_load_rgb_names_a_truncated_image(tmp_path):
