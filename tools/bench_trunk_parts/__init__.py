@@ -1,0 +1,1 @@
+"""The pieces of ``tools/bench_trunk.py``: models and cells, measuring, the op profile, the report."""
