@@ -24,12 +24,15 @@ import os
 import resource
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine_info, print_table, time_repeats, timed, write_json_atomic  # noqa: E402
+from benchmem import MemProbe  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -39,11 +42,6 @@ STAGES = ("sam2_encoder", "prompt_decoding", "matcher_encoder", "scoring", "merg
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def random_bank(matcher, classes: int, shots: int, seed: int = 0, method: str = "ntt"):
@@ -82,20 +80,13 @@ def bank_sizes(dim: int, grid: int, classes: int = 1203, shots: int = 10, refere
 def time_images(predictor, images, device: str, warmup: int) -> dict:
     """Mean seconds per stage over ``images``, and the peak memory increase of one image
     (``peak_image_mib``: VmHWM reset before each image, minus the RSS before it; CUDA: allocator)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_trunk import MemProbe
-
     probe = MemProbe(torch.device(device), True)
     for image in images[:warmup]:
         predictor.predict(image, 0)
     rows = []
     for i, image in enumerate(images):
-        sync(device)
         probe.start()
-        t0 = time.perf_counter()
-        results = predictor.predict(image, i)
-        sync(device)
-        total = time.perf_counter() - t0
+        results, total, _ = timed(lambda: predictor.predict(image, i), device)
         peak = probe.stop().get("peak_mib", float("nan"))
         rows.append({**{k: predictor.timings.get(k, 0.0) for k in STAGES}, "total": total, "detections": len(results),
                      "peak_image_mib": peak})
@@ -115,14 +106,8 @@ def merge_worst_case(n: int, size: int, device: str, repeats: int = 3) -> float:
     masks = torch.rand(n, 256, 256, generator=gen).to(device)
     emb, scores = torch.randn(n, 1024, generator=gen).to(device), torch.rand(n, generator=gen).to(device)
     labels = torch.randint(0, 10, (n,), generator=gen).to(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        soft_merge(masks_to_grid(masks, (size, size)), scores, labels, emb)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return time_repeats(lambda: soft_merge(masks_to_grid(masks, (size, size)), scores, labels, emb), device,
+                        warmup=0, repeats=repeats).min_s
 
 
 def merge_full_worst_case(n: int, height: int, width: int, classes: int = 10, repeats: int = 2) -> float:
@@ -138,12 +123,7 @@ def merge_full_worst_case(n: int, height: int, width: int, classes: int = 10, re
         m[y:y + h, x:x + w] = True
     labels = torch.from_numpy(rng.integers(0, classes, n))
     emb = torch.from_numpy(rng.normal(size=(n, 64)).astype(np.float32))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        semantic_ios(masks, labels, emb)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return time_repeats(lambda: semantic_ios(masks, labels, emb), warmup=0, repeats=repeats).min_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                            method=m) for m in methods}
     cfg = cfgs[methods[0]]
     report = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "args": vars(args), "settings": {}, "bank": {},
+              "args": vars(args), "machine": machine_info(device), "settings": {}, "bank": {},
               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -288,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{v['detections']:.0f}", f"{v['peak_image_mib']:.0f}",
              "-" if v.get("decoded_prompts") is None else f"{v['decoded_prompts']:.0f}"]
             for k, v in report["settings"].items()]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print_table(header, rows)
     print(f"\nseconds per image on {device} ({report['torch_threads']} threads), "
           f"{args.points_per_side}x{args.points_per_side} points, {height}x{width} px targets, load average "
           f"{report['loadavg_start']} -> {report['loadavg_end']}")
@@ -312,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     w = report["merging_worst_case_s"]
     print(f"soft merging, all {w['masks']} masks kept: {w['seconds']:.3f} s; peak memory {report['peak_memory_mb']:.0f} MB "
           f"({report['peak_memory_kind']})")
-    from sam2_vitplug.matching.io import atomic_write_json
-
-    atomic_write_json(args.out, report, indent=2)
+    write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -40,7 +40,6 @@ import gc
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +49,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trunk import MEM_METHODS, MemProbe, machine_info, write_json_atomic  # noqa: E402
+from benchlib import fmt, machine_info, print_table, timed, write_json_atomic  # noqa: E402
+from benchmem import MEM_METHODS, MemProbe  # noqa: E402
 
 log = logging.getLogger("bench_hr_features")
 PRESETS = {"S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
@@ -74,10 +74,7 @@ def build_model(key: str, depth: int):
 def measure(fn: Callable[[], Any], probe: MemProbe) -> tuple[float, dict[str, Any]]:
     gc.collect()
     probe.start()
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    out, elapsed, cpu = timed(fn)
     mem = probe.stop()
     del out
     mem["cpu_s"] = cpu
@@ -143,9 +140,8 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
             inner = ext.token_maps
 
             def timed_maps(xk, inner=inner, box=vit_box):
-                t0 = time.perf_counter()
-                out = inner(xk)
-                box.append(time.perf_counter() - t0)
+                out, wall, _ = timed(lambda: inner(xk))
+                box.append(wall)
                 return out
 
             ext.token_maps = timed_maps  # bench-only instrumentation: time the ViT calls inside the run
@@ -209,24 +205,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+COLUMNS = (("model", "model", "s"), ("px", "image_size", "d"), ("variant", "variant", "s"),
+           ("tokens", "tokens", "d"), ("chunk", "chunk", "d"), ("s", "seconds", ".3f"), ("vit s", "vit_s", ".3f"),
+           ("x plainK", "x_plainK", ".3f"), ("x full", "x_plainK_full_depth_est", ".3f"),
+           ("x bil", "x_bilinear", ".2f"), ("cpu x bil", "x_bilinear_cpu", ".2f"), ("util", "cpu_util", ".2f"),
+           ("peak MiB", "peak_mib", ".1f"), ("est MiB", "estimated_mib", ".1f"), ("budget", "budget_mib", ".1f"),
+           ("mem x bil", "mem_x_bilinear", ".2f"))
 
 
-def print_table(rows: list[dict[str, Any]], out=sys.stdout) -> None:
-    head = (f"{'model':<5} {'px':>5} {'variant':<10} {'tokens':>6} {'chunk':>5} {'s':>8} {'vit s':>8} "
-            f"{'x plainK':>8} {'x full':>7} {'x bil':>7} {'cpu x bil':>9} {'util':>5} {'peak MiB':>9} {'est MiB':>8} "
-            f"{'budget':>8} {'mem x bil':>9}")
-    print(head, file=out)
-    print("-" * len(head), file=out)
-    for r in rows:
-        print(f"{r['model']:<5} {r['image_size']:>5} {r['variant']:<10} {fmt(r.get('tokens'), 'd'):>6} "
-              f"{fmt(r.get('chunk'), 'd'):>5} {r['seconds']:>8.3f} {fmt(r.get('vit_s'), '.3f'):>8} "
-              f"{fmt(r.get('x_plainK'), '.3f'):>8} {fmt(r.get('x_plainK_full_depth_est'), '.3f'):>7} "
-              f"{fmt(r.get('x_bilinear'), '.2f'):>7} {fmt(r.get('x_bilinear_cpu'), '.2f'):>9} "
-              f"{fmt(r.get('cpu_util'), '.2f'):>5} {fmt(r.get('peak_mib'), '.1f'):>9} "
-              f"{fmt(r.get('estimated_mib'), '.1f'):>8} {fmt(r.get('budget_mib'), '.1f'):>8} "
-              f"{fmt(r.get('mem_x_bilinear'), '.2f'):>9}", file=out)
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    print_table([c[0] for c in COLUMNS], [[fmt(r.get(key), spec) for _, key, spec in COLUMNS] for r in rows])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -288,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     data["status"] = "complete"
     data["summary"] = summarise(rows)
-    print_table(rows)
+    print_rows(rows)
     s = data["summary"]
     print(f"\n{s['target']}: worst at depth {args.depth}: {s['worst_x_plainK']}; full-depth estimate: "
           f"{s['worst_x_plainK_full_depth_est']}; budget respected in {s['budget_cells']} budgeted cells: "

@@ -27,11 +27,9 @@ shared machine are noisy; ratios within one run are what count, and the load is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -40,20 +38,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trunk import MemProbe  # noqa: E402
+from benchlib import machine_info, print_table, timed, write_json_atomic  # noqa: E402
+from benchmem import MemProbe  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
 MODELS = {"t": "configs/sam2.1/sam2.1_hiera_t.yaml", "s": "configs/sam2.1/sam2.1_hiera_s.yaml",
           "b+": "configs/sam2.1/sam2.1_hiera_b+.yaml", "l": "configs/sam2.1/sam2.1_hiera_l.yaml"}
 MODES = ("fast", "upstream", "adaptive")
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``(result, wall seconds, process CPU seconds)``."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def matmul_gflops(threads: int) -> dict[str, float]:
@@ -215,9 +207,7 @@ def print_report(report: dict[str, Any]) -> None:
             rows.append([key, mode, f"{r['sam2_encoder']:.2f}", f"{r['prompt_decoding']:.2f}", f"{r['total_s']:.2f}",
                          "-" if sp is None else f"{sp:.2f}", "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
                          f"{r['decoded_prompts']:.0f}", f"{r['kept']:.0f}"])
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print_table(header, rows)
     print(f"\nload average {report['loadavg_start']} -> {report['loadavg_end']}, {report['torch_threads']} torch "
           f"threads, {os.cpu_count()} CPUs; matmul {report['matmul_gflops']['mm_1024']:.1f} GFLOP/s")
     for key, m in report["models"].items():
@@ -281,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     image = (rng.random((args.height, args.width, 3)) * 255).astype(np.uint8)
     report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "torch_threads": torch.get_num_threads(),
                               "cpu_count": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-                              "models": {}}
+                              "machine": machine_info("cpu"), "models": {}}
     report["matmul_gflops"] = matmul_gflops(torch.get_num_threads())
     for i, key in enumerate(k.strip() for k in args.models.split(",") if k.strip()):
         config = MODELS.get(key, key)
@@ -290,12 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     report["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summarise(report)
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_json_atomic(args.out, report)
+    print(f"wrote {args.out}")
     return 0
 
 

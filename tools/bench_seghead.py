@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import platform
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -40,11 +37,13 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import loadavg, machine_info, median, print_table, time_repeats, timed, write_json_atomic  # noqa: E402
+from benchmem import MemProbe  # noqa: E402
 from make_synthetic_dataset import DatasetSpec, make_dataset  # noqa: E402
 
 from sam2_vitplug.cli import default_device  # noqa: E402
 from sam2_vitplug.heads.data import load_mask, pair_paths, write_class_masks_from_coco  # noqa: E402
-from sam2_vitplug.heads.metrics import confusion_matrix, metrics_from_confusion, write_json_atomic  # noqa: E402
+from sam2_vitplug.heads.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, read_checkpoint  # noqa: E402
 from sam2_vitplug.heads.train import TrainConfig, train  # noqa: E402
 
@@ -61,47 +60,16 @@ LEARN_HEAD_OPTS = {
 
 
 # ---- timing and memory ---------------------------------------------------------------------
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float | None]:
-    """Median seconds over ``repeats`` calls after one warm-up, and peak memory growth (MiB)
-    of one call."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    fn()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            before = _status_kib("VmRSS")
-        except OSError:
-            before = None
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-        if i == 0:
-            if device.type == "cuda":
-                peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            else:
-                hwm = _status_kib("VmHWM")
-                peak = (hwm - before) / 1024 if before is not None and hwm is not None else None
-    times.sort()
-    return times[len(times) // 2], peak
+    """Median seconds over ``repeats`` calls after one warm-up, and the peak memory growth (MiB)
+    of the first timed call."""
+    timed(fn, device)  # warm-up
+    probe = MemProbe(device, enabled=True)
+    probe.start()
+    _, first, _ = timed(fn, device)
+    peak = probe.stop().get("peak_mib")
+    rest = time_repeats(fn, device, warmup=0, repeats=repeats - 1)
+    return median([first, *rest.times_s]), peak
 
 
 def bench_throughput(args, device: torch.device) -> list[dict[str, Any]]:
@@ -192,9 +160,8 @@ def bench_cache(args, device, data, encoder, work: Path) -> dict[str, Any]:
                        warmup_epochs=0, batch_size=8, num_workers=0, device=str(device), progress=False)
     out = {}
     for name, cached in (("uncached", False), ("cached", True)):
-        start = time.perf_counter()
-        train(model_cfg, replace(base, cache_features=cached, checkpoint_dir=str(work / f"cache_{name}")))
-        out[f"{name}_s"] = time.perf_counter() - start
+        _, out[f"{name}_s"], _ = timed(lambda: train(model_cfg, replace(
+            base, cache_features=cached, checkpoint_dir=str(work / f"cache_{name}"))), device)
         history = json.loads((work / f"cache_{name}" / "history.json").read_text())
         out[f"{name}_epoch_s"] = [h["epoch_seconds"] for h in history]
     out["speedup_total"] = out["uncached_s"] / out["cached_s"]
@@ -219,11 +186,10 @@ def bench_learning(args, device, data, encoder, work: Path) -> dict[str, Any]:
                           val_image_paths=data["val_images"], val_mask_paths=data["val_masks"], epochs=epochs,
                           warmup_epochs=max(1, epochs // 10), lr=lr, batch_size=8, num_workers=0,
                           device=str(device), progress=False, checkpoint_dir=str(work / f"learn_{head}"))
-        start = time.perf_counter()
-        last = train(model_cfg, cfg)
+        last, seconds, _ = timed(lambda: train(model_cfg, cfg), device)
         best = read_checkpoint(work / f"learn_{head}" / "best.pt")
         history = json.loads((work / f"learn_{head}" / "history.json").read_text())
-        result[head] = {"epochs": epochs, "lr": lr, "seconds": time.perf_counter() - start,
+        result[head] = {"epochs": epochs, "lr": lr, "seconds": seconds,
                         "final": last, "best_mIoU": best["best_miou"], "mIoU_by_epoch": [h["mIoU"] for h in history]}
         print(f"  {head:<12} {epochs:3d} epochs {result[head]['seconds']:6.1f}s  val mIoU final {last['mIoU']:.4f} "
               f"best {best['best_miou']:.4f} pixel acc {last['pixel_accuracy']:.4f}", flush=True)
@@ -267,10 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device or default_device())
     report: dict[str, Any] = {
-        "machine": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-                    "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "machine": machine_info(device),
         "args": {k: v for k, v in vars(args).items()},
     }
     with tempfile.TemporaryDirectory(prefix="bench_seghead_") as tmp:
@@ -287,19 +250,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"learning on synthetic shapes ({args.train_images} train / {args.val_images} val, "
                   f"{args.data_size}px, frozen {'tiny random ViT' if not args.learn_encoder else encoder}):", flush=True)
             report["learning"] = bench_learning(args, device, data, encoder, work)
-    report["machine"]["load_avg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report["machine"]["loadavg_end"] = loadavg()
     if "throughput" in report:
         print()
-        header = f"{'encoder':<14} {'head':<12} {'img/s':>8} {'backbone s':>10} {'head s':>8} {'head/bb':>8} " \
-                 f"{'train step s':>12} {'cache x':>8} {'bb MiB':>7} {'head MiB':>8} {'train MiB':>9}"
-        print(header)
-        print("-" * len(header))
-        for r in report["throughput"]:
-            mem = ["n/a" if v is None else f"{v:.0f}" for v in r["peak_mem_MiB"].values()]
-            print(f"{r['encoder']:<14} {r['head']:<12} {r['images_per_s']:8.3f} {r['backbone_s']:10.3f} "
-                  f"{r['head_s']:8.3f} {r['head_over_backbone']:8.2f} {r['head_train_step_s']:12.3f} "
-                  f"{r['cached_step_speedup']:8.2f} {mem[0]:>7} {mem[1]:>8} {mem[2]:>9}")
-    write_json_atomic(report, args.out)
+        header = ["encoder", "head", "img/s", "backbone s", "head s", "head/bb", "train step s", "cache x", "bb MiB",
+                  "head MiB", "train MiB"]
+        print_table(header, [[r["encoder"], r["head"], f"{r['images_per_s']:.3f}", f"{r['backbone_s']:.3f}",
+                              f"{r['head_s']:.3f}", f"{r['head_over_backbone']:.2f}", f"{r['head_train_step_s']:.3f}",
+                              f"{r['cached_step_speedup']:.2f}",
+                              *("n/a" if v is None else f"{v:.0f}" for v in r["peak_mem_MiB"].values())]
+                             for r in report["throughput"]])
+    write_json_atomic(args.out, report)
     print(f"\nwrote {args.out}")
     return 0
 

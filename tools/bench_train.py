@@ -15,12 +15,9 @@ the real data pipeline of ``configs/training/tiny_cpu.yaml`` on synthetic shapes
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +63,9 @@ def _run_cell(name: str, flags: dict, extra: list[str], data: Path, args) -> dic
     import torch
     from hydra.utils import instantiate
 
+    from benchlib import median, timed
+    from benchmem import MemProbe
+
     from training_ext.compose import LaunchRequest, compose_training_config
     from training_ext.flags import EncoderFlags
 
@@ -81,31 +81,31 @@ def _run_cell(name: str, flags: dict, extra: list[str], data: Path, args) -> dic
     optim = torch.optim.AdamW(trainable, lr=1e-5)
     batch = _batch(cfg, device)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    probe = MemProbe(device, enabled=device.type == "cuda")  # CPU: the saved bytes are the measure
     times, saved, peaks = [], [], []
     for step in range(args.steps + 1):
         torch.manual_seed(step)  # same prompts sampled in every cell
         np.random.seed(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
         seen, pack, unpack = _saved_bytes_hooks(params)
-        start = time.perf_counter()
-        optim.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            out = model(batch)
-            losses = loss_fn(out, batch.masks)
-        losses["core_loss"].backward()
-        optim.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+
+        def train_step() -> None:
+            optim.zero_grad(set_to_none=True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                losses = loss_fn(model(batch), batch.masks)
+            losses["core_loss"].backward()
+            optim.step()
+
+        probe.start()
+        _, wall, _ = timed(train_step, device)
+        peak = probe.stop().get("peak_mib")
         if step:  # step 0 is the warm-up
-            times.append(time.perf_counter() - start)
+            times.append(wall)
             saved.append(sum(seen.values()) / 2**20)
+            if peak is not None:
+                peaks.append(peak)
     return {
-        "cell": name, "s_per_step": statistics.median(times), "saved_for_backward_mib": statistics.median(saved),
-        "cuda_peak_mib": statistics.median(peaks[1:]) if peaks else None,
+        "cell": name, "s_per_step": median(times), "saved_for_backward_mib": median(saved),
+        "cuda_peak_mib": median(peaks),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "trainable_m": sum(p.numel() for p in trainable) / 1e6,
     }
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from benchlib import fmt, loadavg, machine_info, print_table, write_json_atomic
     from make_synthetic_dataset import DatasetSpec, make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,20 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         r["time_ratio_vs_" + ref["cell"]] = r["s_per_step"] / ref["s_per_step"]
         r["saved_ratio_vs_" + ref["cell"]] = r["saved_for_backward_mib"] / ref["saved_for_backward_mib"]
     report = {"device": args.device, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
-              "rows": rows}
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg": loadavg(),
+              "machine": machine_info(args.device), "rows": rows}
     print(f"one training step, {args.image_size}px, batch {args.batch}, {args.device}; ratios vs {ref['cell']}")
-    print(f"{'cell':<13} {'params M':>8} {'train M':>8} {'s/step':>8} {'x time':>7} {'saved MiB':>10} {'x saved':>8}"
-          + ("  cuda peak MiB" if args.device == "cuda" else ""))
-    for r in rows:
-        print(f"{r['cell']:<13} {r['params_m']:>8.2f} {r['trainable_m']:>8.2f} {r['s_per_step']:>8.3f} "
-              f"{r['time_ratio_vs_' + ref['cell']]:>7.2f} {r['saved_for_backward_mib']:>10.1f} "
-              f"{r['saved_ratio_vs_' + ref['cell']]:>8.2f}" + (f"  {r['cuda_peak_mib']:.1f}" if r["cuda_peak_mib"] else ""))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_out, out)
+    header = ["cell", "params M", "train M", "s/step", "x time", "saved MiB", "x saved", "cuda peak MiB"]
+    print_table(header, [[r["cell"], f"{r['params_m']:.2f}", f"{r['trainable_m']:.2f}", f"{r['s_per_step']:.3f}",
+                          f"{r['time_ratio_vs_' + ref['cell']]:.2f}", f"{r['saved_for_backward_mib']:.1f}",
+                          f"{r['saved_ratio_vs_' + ref['cell']]:.2f}", fmt(r["cuda_peak_mib"], ".1f")] for r in rows])
+    write_json_atomic(args.out, report)
     return 0
 
 

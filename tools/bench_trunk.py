@@ -72,8 +72,9 @@ from bench_trunk_parts.models import (  # noqa: E402
     resize_like_trunk)
 from bench_trunk_parts.ops import profile_pyramid_ops  # noqa: E402
 from bench_trunk_parts.report import build_rows, build_summary, print_ops, print_table, print_target  # noqa: E402
-from benchlib import loadavg, machine_info, median, write_json_atomic  # noqa: E402,F401 (machine_info, write_json_atomic: hr_probe imports them from here)
-from benchmem import MEM_METHODS, MemProbe  # noqa: E402,F401 (MemProbe: bench_fewshot imports it from here)
+# machine_info and write_json_atomic are also imported from here by tools/hr_probe.py
+from benchlib import loadavg, machine_info, median, write_json_atomic  # noqa: E402
+from benchmem import MEM_METHODS, MemProbe  # noqa: E402
 
 log = logging.getLogger("bench_trunk")
 
