@@ -1,4 +1,4 @@
-"""The one install manifest of sam2-vitplug (see DESIGN.md section 1).
+"""The one install manifest of sam2-vitplug (see docs/architecture.md section 1).
 
 ``configs/`` lives at the top level of the repository but installs as the regular package
 ``sam2_vitplug.configs`` so Hydra can resolve ``pkg://sam2_vitplug.configs`` in both

@@ -13,7 +13,7 @@ KINDS = ("cuda", "mps", "cpu")
 
 
 def default_device() -> str:
-    """``cuda`` if available, else ``mps``, else ``cpu`` (DESIGN.md section 6)."""
+    """``cuda`` if available, else ``mps``, else ``cpu`` (docs/architecture.md section 6)."""
     import torch
 
     if torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """``sam2-vitplug features IMAGE... --encoder E --transforms K --out F [--pca P]``.
 
-High-resolution ViT features (transform-averaged, optionally stride-reduced; DESIGN.md section
+High-resolution ViT features (transform-averaged, optionally stride-reduced; docs/architecture.md section
 5) of one image or a folder, written as safetensors (key ``features``, ``(C, H, W)``, with the
 settings in the file's metadata), plus the 3-component PCA picture people use to judge
 features. Every input is checked (images exist, K/shift/target valid, memory budget fits)

@@ -1,4 +1,4 @@
-"""High-resolution features (DESIGN.md section 5): transform sets, exact inverse consistency,
+"""High-resolution features (docs/architecture.md section 5): transform sets, exact inverse consistency,
 K=1 == bilinear, stride reduction per family, memory budget chunking, the trunk's
 ``transform_avg`` mode, the matcher's ``hr_transforms`` and the ``features`` command.
 

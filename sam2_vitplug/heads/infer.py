@@ -22,7 +22,7 @@ from .model import SegModel
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-PAD_MULTIPLE = 16  # the trunk needs H, W multiples of 16 (DESIGN.md section 2)
+PAD_MULTIPLE = 16  # the trunk needs H, W multiples of 16 (docs/architecture.md section 2)
 INFERENCE_MODES = ("resize", "slide")
 
 

@@ -1,4 +1,4 @@
-"""Few-shot reference segmentation (training-free, "No Time to Train" style; DESIGN.md section 4).
+"""Few-shot reference segmentation (training-free, "No Time to Train" style; docs/architecture.md section 4).
 
 References (COCO json) -> :func:`build_bank` -> :class:`MemoryBank` (safetensors); target
 images -> a :class:`ProposalSource` (``sam2`` or ``ground_truth``) -> :class:`FewShotPredictor`

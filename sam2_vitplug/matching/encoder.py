@@ -108,7 +108,7 @@ class HFMatcherEncoder(nn.Module):
     def encode_hr(self, pixels: torch.Tensor, size: tuple[int, int], transforms: int, *,
                   shift: int | None = None) -> torch.Tensor:
         """``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, C, size)`` features averaged over
-        ``transforms`` shifted/flipped copies (DESIGN.md section 5), float32."""
+        ``transforms`` shifted/flipped copies (docs/architecture.md section 5), float32."""
         x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
         return self.hr_extractor(transforms, shift=shift)(x, size).float()
 

@@ -4,7 +4,7 @@ Levels are produced high-res first (strides 4, 8, 16, 32), the order SAM2 trunks
 Each level reads its own input map, so the pyramid can be fed from one ViT layer or from
 several intermediate layers.
 
-``transform_avg`` (DESIGN.md section 5): the maps hold the ViT tokens of K transformed copies
+``transform_avg`` (docs/architecture.md section 5): the maps hold the ViT tokens of K transformed copies
 of each image, and an ``averager`` (given by the trunk) upsamples, inverts and averages them
 (``modeling/transforms.py``). The 1x1 projections run before averaging (both are linear, so the
 order does not change the result) and the averaging then works on the narrow channels.

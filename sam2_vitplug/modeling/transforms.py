@@ -1,4 +1,4 @@
-"""Invertible image transforms for transform-averaged ViT features (DESIGN.md section 5).
+"""Invertible image transforms for transform-averaged ViT features (docs/architecture.md section 5).
 
 A ViT sees an image through a fixed patch grid, so a feature map only says what is in each
 ``P x P`` cell. Shifting the image by a few pixels (or flipping it) moves the content against

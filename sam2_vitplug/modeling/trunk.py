@@ -5,7 +5,7 @@ Contract with upstream ``sam2.modeling.backbones.image_encoder.ImageEncoder``:
 ``channel_list`` lists their channels **low-res first**; the neck's
 ``backbone_channel_list`` must equal it.
 
-Geometry rule (DESIGN.md section 2): SAM2 needs the stride-16 map to be exactly
+Geometry rule (docs/architecture.md section 2): SAM2 needs the stride-16 map to be exactly
 ``(H/16, W/16)``. A patch-P ViT gives that grid when fed ``(H/16*P, W/16*P)`` pixels, so the
 trunk resizes its input to that size (896 px for patch 14 at 1024; nothing for patch 16).
 """
@@ -121,7 +121,7 @@ class ViTTrunkMultiScale(nn.Module):
         upsample_mode: ``bilinear``, ``deconv`` or ``transform_avg`` for the stride 8 and 4 levels.
             ``transform_avg`` runs the ViT on ``hr_transforms`` shifted/flipped copies of the
             image in one batch and builds every level from the transform-averaged maps
-            (DESIGN.md section 5); training back-propagates through the K-image batch, so the
+            (docs/architecture.md section 5); training back-propagates through the K-image batch, so the
             ViT's cost and activation memory grow K-fold.
         refine_highres: depthwise-separable refinement on the stride 8 and 4 levels.
         freeze_vit: no gradients, eval mode and no autograd graph through the ViT; the
