@@ -11,7 +11,7 @@ No pretrained weights are involved; the numbers say nothing about real-image acc
 
 The reported IoU uses the mask the model itself picks (highest predicted IoU of its 3 single-click
 masks, what a user gets); the best of the 3 by true IoU is reported as a secondary number.
-Recipe (80 s per mode comparisons, see README): AdamW at ``--lr 3e-4`` (heads, neck, decoder)
+Recipe (80 s per mode comparisons, see docs/benchmarks.md, Training): AdamW at ``--lr 3e-4`` (heads, neck, decoder)
 and ``--vision-lr 1e-4`` (image encoder). Random init does not want a higher LR here: 3e-3
 collapsed the masks towards background, 1e-3 (the earlier default) and 1.5e-4 learned slower.
 The IoU-prediction loss weight is 20 (upstream 1, next to 20 for the focal mask loss): at lower
