@@ -197,10 +197,10 @@ def check_invocation(kind: str, rest: list[str], cli, train_parser, where: str) 
             if not _flag_in_source(flag.split("=")[0], source):
                 problems.append(f"{where}: `{path}` has no flag {flag}")
         return problems
-    for word in tail:
-        flag = word.split("=", 1)[0]
-        if FLAG.fullmatch(flag) and flag not in options:
-            problems.append(f"{where}: `{path}` has no flag {flag}")
+    for word in tail:  # `--flag`, `--flag=value`, `[--flag`
+        for flag in FLAG.findall(word.split("=", 1)[0]):
+            if flag not in options:
+                problems.append(f"{where}: `{path}` has no flag {flag}")
     return problems
 
 
@@ -217,6 +217,10 @@ def test_commands_and_flags_exist(cli, train_parser):
         for snippet in snippets:
             for kind, rest in invocations(snippet):
                 problems += check_invocation(kind, rest, cli, train_parser, where)
+        for span in INLINE.findall(prose(text)):  # `fewshot run --flag`: a subcommand without the program name
+            words = _words(span)
+            if words and words[0] in _subparsers(cli) and "sam2-vitplug" not in words:
+                problems += check_invocation("cli", words, cli, train_parser, where)
         # a flag named anywhere in prose must exist somewhere
         for span in INLINE.findall(prose(text)):
             for flag in FLAG.findall(span):
