@@ -265,6 +265,12 @@ def test_relative_links_resolve():
     assert not problems, "\n".join(problems)
 
 
+def test_readme_stays_short():
+    """A few screens: the manuals live in docs/ (docs/architecture.md section 9)."""
+    size = len((ROOT / "README.md").read_text())
+    assert size < 8000, f"README.md is {size} characters; move the details to a docs/ page"
+
+
 def test_every_page_is_linked():
     """Each docs page is reachable from the README or another page."""
     linked = set()
