@@ -187,6 +187,9 @@ def test_cli_run_with_a_bank_of_another_method_exits_2(tmp_path, capsys):
                          {"method": "ntt", "format": "sam2_vitplug.fewshot_bank/1", "encoder": "x", "input_size": 14}),
               bank)
     (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
     code = main(["fewshot", "run", "--bank", str(bank), "--images", str(tmp_path / "images"), "--method", "vitplug",
                  "--out", str(tmp_path / "out.json")])
     assert code == 2
