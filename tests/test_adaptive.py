@@ -132,6 +132,9 @@ def test_config_and_cli_flags(tmp_path, capsys):
 
     images = tmp_path / "images"
     images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(images / "a.png")  # an empty folder is refused before the flags
     out = tmp_path / "out.json"
     base = ["fewshot", "run", "--bank", str(tmp_path / "missing.safetensors"), "--images", str(images),
             "--out", str(out), "--device", "cpu"]

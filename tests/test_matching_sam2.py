@@ -53,7 +53,7 @@ def test_hf_matcher_strips_prefix_tokens(tiny_models, name, prefix, grid):
     tokens = matcher.vit(pixel_values=x, **matcher._forward_kwargs).last_hidden_state
     assert tokens.shape[1] == prefix + grid * grid
     torch.testing.assert_close(feats[1, :, 2, 3], tokens[1, prefix + 2 * grid + 3])  # row-major patch order
-    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+    with pytest.raises(ValueError, match="multiple of the patch size"):
         load_matcher(tiny_models[name], input_size=matcher.input_size + 1)
 
 
