@@ -228,11 +228,39 @@ def save_bank(bank: MemoryBank, path: str | os.PathLike) -> None:
     """Write ``bank`` as safetensors (atomic); metadata values are JSON strings."""
     from ..safetensors_io import safetensors_bytes as save  # canonical header: same bytes in every process
 
+    check_bank_tensors({"prototypes": bank.prototypes, "instances": bank.instances,
+                        "instance_labels": bank.instance_labels}, bank.class_ids, bank.class_names, Path(path))
     meta = {"meta": json.dumps(bank.meta, sort_keys=True), "class_ids": json.dumps(bank.class_ids),
             "class_names": json.dumps(bank.class_names)}
     tensors = {"prototypes": bank.prototypes.contiguous().float(), "instances": bank.instances.contiguous().float(),
                "instance_labels": bank.instance_labels.contiguous()}
     atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def check_bank_tensors(tensors: dict[str, torch.Tensor], class_ids: Any, class_names: Any, path: Path) -> None:
+    """``ValueError`` naming the mismatch when a bank's parts disagree or hold NaN/inf: a run with
+    such a bank would score nothing ("0 detections") or fail with an IndexError mid-run."""
+    fix = "rebuild it with `sam2-vitplug fewshot memory`"
+    absent = [k for k in ("prototypes", "instances", "instance_labels") if k not in tensors]
+    if absent:
+        raise ValueError(f"memory bank '{path}' lacks the tensors {absent}; {fix}")
+    protos, inst, labels = tensors["prototypes"], tensors["instances"], tensors["instance_labels"]
+    if protos.ndim != 2 or inst.ndim != 2 or labels.ndim != 1 or protos.shape[1] != inst.shape[1] \
+            or labels.shape[0] != inst.shape[0]:
+        raise ValueError(f"memory bank '{path}' has inconsistent shapes: prototypes {tuple(protos.shape)}, "
+                         f"instances {tuple(inst.shape)}, instance_labels {tuple(labels.shape)}; {fix}")
+    for name in ("prototypes", "instances"):
+        bad = int((~torch.isfinite(tensors[name])).any(dim=1).sum())
+        if bad:
+            raise ValueError(f"memory bank '{path}' has NaN/inf in {bad} of {tensors[name].shape[0]} {name} rows "
+                             f"(a reference crop the encoder could not represent); {fix}")
+    if not isinstance(class_ids, list) or not isinstance(class_names, list) \
+            or not len(class_ids) == len(class_names) == protos.shape[0]:
+        raise ValueError(f"memory bank '{path}' lists {len(class_ids) if isinstance(class_ids, list) else '?'} class "
+                         f"ids and {len(class_names) if isinstance(class_names, list) else '?'} names for "
+                         f"{protos.shape[0]} prototypes; {fix}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= protos.shape[0]):
+        raise ValueError(f"memory bank '{path}' has instance labels outside 0..{protos.shape[0] - 1}; {fix}")
 
 
 def load_bank(path: str | os.PathLike, matcher: MatcherEncoder | None = None) -> MemoryBank:
@@ -252,6 +280,7 @@ def load_bank(path: str | os.PathLike, matcher: MatcherEncoder | None = None) ->
         raise ValueError(f"'{path}' is not a sam2-vitplug memory bank ({type(err).__name__}: {err})") from err
     if meta.get("format") != BANK_FORMAT:
         raise ValueError(f"'{path}' has bank format {meta.get('format')!r}; expected {BANK_FORMAT!r}")
+    check_bank_tensors(tensors, class_ids, class_names, path)
     bank = MemoryBank(tensors["prototypes"], tensors["instances"], tensors["instance_labels"],
                       [int(c) for c in class_ids], list(class_names), meta)
     if matcher is not None:

@@ -39,17 +39,22 @@ def _build_sam2(args: argparse.Namespace, device: str):
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from . import build_bank, load_config, load_matcher, sample_references, save_bank, sam2_box_prompter
+    from .coco_checks import check_image_sizes
     from .io import load_coco_json
 
     cfg = load_config(args.set, method=args.method)
     mem = cfg.memory
     shots = args.shots if args.shots is not None else mem.shots
     seed = args.seed if args.seed is not None else mem.seed
+    if args.input_size is not None and args.input_size <= 0:
+        raise ValueError(f"--input-size {args.input_size} must be positive (518 for patch 14, 512 for patch 16)")
     coco = load_coco_json(args.refs)
     if not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images '{args.images}' is not a directory")
     refs, report = sample_references(coco, shots, seed, category_ids=args.classes, min_size=mem.min_size,
                                      border=mem.border, sampler=str(mem.sampler))
+    by_id = {int(im["id"]): im for im in coco["images"]}
+    check_image_sizes([by_id[i] for i in sorted({r.image_id for r in refs})], args.images)  # before any model
     print(f"references: {report.summary()}")
     device = _device(args)
     prompter = None
@@ -73,6 +78,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import FewShotPredictor, GroundTruthProposals, evaluate, format_summary, load_bank
     from . import load_config, load_matcher
+    from .config import check_run_config
     from .proposals import adaptive_from_config, sam2_proposals_from_config
     from .io import atomic_write_json, load_coco_json, load_rgb
     from .runner import dist_info, images_from_coco, images_from_folder, run_images
@@ -91,12 +97,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.hr_transforms is not None:
         overrides.append(f"scoring.hr_transforms={args.hr_transforms}")
     cfg = load_config(overrides, method=args.method)
+    check_run_config(cfg)
+    if args.vis < 0:
+        raise ValueError(f"--vis {args.vis} must be >= 0 (the number of images to draw overlays of)")
+    if args.vis_gt and not args.ann:
+        raise ValueError("--vis-gt draws the ground truth and needs --ann (the COCO json of the target images)")
     if args.eval and not args.ann:
         raise ValueError("--eval needs --ann (the COCO json of the target images)")
     if not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images '{args.images}' is not a directory")
     coco = load_coco_json(args.ann) if args.ann else None
     images = images_from_coco(coco) if coco else images_from_folder(args.images)
+    if not images:
+        raise ValueError(f"--ann '{args.ann}' lists no images" if coco else
+                         f"--images '{args.images}' holds no image files (.jpg, .png, ...); check the folder")
+    if coco:
+        from .coco_checks import check_image_sizes
+
+        check_image_sizes(coco["images"], args.images, skip_missing=True)  # masks are drawn on the json's frame
     if cfg.proposals.source == "ground_truth" and coco is None:
         raise ValueError("proposals.source=ground_truth needs --ann")
     if cfg.proposals.source == "sam2":
@@ -138,9 +156,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         vis_dir = Path(args.out).with_suffix("").as_posix() + "_vis"
         names = dict(zip(bank.class_ids, bank.class_names))
         for entry in images[: args.vis]:
+            truth = None if not args.vis_gt else [a for a in coco["annotations"] if int(a["image_id"]) == entry.image_id
+                                                   and int(a["category_id"]) in names]
             write_overlay(Path(vis_dir) / f"{entry.image_id}.png", load_rgb(Path(args.images) / entry.file_name),
                           [r for r in results if r["image_id"] == entry.image_id and r["score"] >= args.vis_min_score],
-                          names)
+                          names, ground_truth=truth)
         print(f"overlays of {min(args.vis, len(images))} images in {vis_dir}/")
     if args.eval:
         stats = evaluate(coco, results, bank.class_ids)
@@ -190,17 +210,22 @@ def run_settings(args: argparse.Namespace, cfg, images, matcher, sam2_model) -> 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import evaluate, format_summary, load_bank
+    from .coco_checks import check_results
     from .io import atomic_write_json, load_coco_json
 
     coco = load_coco_json(args.ann)
     path = Path(args.results)
     if not path.is_file():
         raise FileNotFoundError(f"results file '{path}' does not exist")
-    results = json.loads(path.read_text())
-    if not isinstance(results, list):
-        raise ValueError(f"'{path}' must hold a list of COCO results")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"results file '{path}' is not valid JSON ({err})") from err
+    iou_types = check_results(results, coco, path)
+    if iou_types == ("bbox",):
+        print(f"note: the results in '{path}' carry no segmentation; evaluating bbox only")
     classes = args.classes or (load_bank(args.bank).class_ids if args.bank else None)
-    stats = evaluate(coco, results, classes)
+    stats = evaluate(coco, results, classes, iou_types=iou_types)
     print(format_summary(stats))
     if args.out:
         atomic_write_json(args.out, stats, indent=2)
@@ -264,9 +289,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(a rerun with the same settings resumes; other settings are refused)")
     run.add_argument("--eval", action="store_true", help="evaluate against --ann when done")
     run.add_argument("--eval-out", default=None, help="summary JSON (default: <out>.eval.json)")
-    run.add_argument("--vis", type=int, default=0, metavar="N", help="write overlay PNGs of the first N images")
+    run.add_argument("--vis", type=int, default=0, metavar="N",
+                     help="write overlay PNGs of the first N images to <out without .json>_vis/ (default 0)")
     run.add_argument("--vis-min-score", type=float, default=0.3, metavar="S",
                      help="overlays draw detections scoring at least S (default 0.3; results keep all)")
+    run.add_argument("--vis-gt", action="store_true",
+                     help="overlays show the ground truth of --ann (bank classes) beside the prediction")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     common(run)
     run.set_defaults(func=cmd_run)

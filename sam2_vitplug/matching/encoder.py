@@ -64,10 +64,12 @@ class HFMatcherEncoder(nn.Module):
         self.num_prefix_tokens = self.family.num_prefix_tokens(config)
         self.identity = identity
         self.input_size = int(input_size or DEFAULT_INPUT_SIZE.get(self.patch_size, 37 * self.patch_size))
-        if self.input_size % self.patch_size:
+        if self.input_size <= 0 or self.input_size % self.patch_size:
+            nearest = max(1, round(self.input_size / self.patch_size)) * self.patch_size
             raise ValueError(
-                f"matcher input size {self.input_size} is not a multiple of the patch size {self.patch_size}; "
-                f"use e.g. {self.input_size // self.patch_size * self.patch_size}"
+                f"matcher input size {self.input_size} is not a positive multiple of the patch size "
+                f"{self.patch_size}; use e.g. --input-size {nearest} (the default is "
+                f"{DEFAULT_INPUT_SIZE.get(self.patch_size, 37 * self.patch_size)})"
             )
         preset = loaded.preset
         mean = preset.mean if preset is not None else (0.485, 0.456, 0.406)

@@ -30,7 +30,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A COCO instances file with ``images``, ``annotations`` and ``categories`` lists."""
+    """A COCO instances file with ``images``, ``annotations`` and ``categories`` lists, checked
+    up front (:func:`~sam2_vitplug.matching.coco_checks.check_coco`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file '{path}' does not exist")
@@ -38,10 +39,9 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"'{path}' is not valid JSON ({err})") from err
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if missing:
-        raise ValueError(f"'{path}' is not a COCO instances file: no list under {missing}")
-    return data
+    from .coco_checks import check_coco
+
+    return check_coco(data, path)  # top level, required fields, unique ids, segmentation and bbox forms
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:

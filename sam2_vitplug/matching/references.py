@@ -133,7 +133,10 @@ def sample_references_ntt(coco: dict, shots: int, seed: int, *, category_ids: Se
             if len(seen) >= shots:
                 break
         report.used[cat] = len(seen)
-    empty = [f"{cats[c]!r} (id {c})" for c in sorted(wanted) if not report.used.get(c)]
+    _count_unlisted(coco, report)
+    empty_ids = [c for c in sorted(wanted) if not report.used.get(c)]
+    _refuse_unannotated(coco, cats, empty_ids, {c: len(p) for c, p in per_class.items()})
+    empty = [f"{cats[c]!r} (id {c})" for c in empty_ids]
     if empty:
         raise ValueError(
             f"no usable reference instance for class(es) {', '.join(empty)} under the NTT rule (not crowd, box "
@@ -193,6 +196,9 @@ def sample_references(
             report.skipped[reason] += 1
             continue
         candidates[cat].append(ann)
+    _count_unlisted(coco, report)
+    _refuse_unannotated(coco, cats, [c for c in wanted if not candidates[c]],
+                        Counter(int(a["category_id"]) for a in coco["annotations"]))
     empty = [f"{cats[c]!r} (id {c})" for c in wanted if not candidates[c]]
     if empty:
         raise ValueError(
@@ -215,6 +221,33 @@ def sample_references(
                                   cat, tuple(float(v) for v in ann["bbox"]), None if box_only else ann["segmentation"]))
     logger.info("reference sampler: %s", report.summary())
     return refs, report
+
+
+UNLISTED = "category not in categories"
+
+
+def _count_unlisted(coco: dict, report: SampleReport) -> None:
+    """Annotations whose category ``categories`` does not list are unusable: count them, not drop silently."""
+    from .coco_checks import missing_categories
+
+    unlisted = sum(missing_categories(coco).values())
+    if unlisted:
+        report.skipped[UNLISTED] += unlisted
+
+
+def _refuse_unannotated(coco: dict, cats: dict[int, str], empty_ids: Sequence[int], annotated: dict[int, int]) -> None:
+    """Classes with no annotation at all get their own message (not "crowd/tiny/border"),
+    pointing at annotations filed under category ids that ``categories`` does not list."""
+    from .coco_checks import missing_categories
+
+    bare = [c for c in empty_ids if not annotated.get(c)]
+    if not bare:
+        return
+    unlisted = missing_categories(coco)
+    hint = (f"; {sum(unlisted.values())} annotation(s) have category ids {sorted(unlisted)} that 'categories' "
+            "does not list: fix their category_id or add those categories" if unlisted else
+            "; add references for them or restrict the classes (--classes)")
+    raise ValueError(f"class(es) {', '.join(f'{cats[c]!r} (id {c})' for c in bare)} have no annotation at all{hint}")
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:

@@ -170,6 +170,7 @@ def run_images(
     ids = [e.image_id for e in images]
     if len(set(ids)) != len(ids):
         raise ValueError("image ids are not unique in the image list")
+    _check_headers(root, images)
     out = Path(out)
     lock = RunLock(out.parent / f"{out.name}.lock-{info.rank}", f"--out '{out}'",
                    "wait for it to finish or stop it, or pass another --out")
@@ -177,6 +178,21 @@ def run_images(
         check_resumable(out, settings, overwrite=overwrite, info=info)
         _barrier(info)
         return _run_locked(predict, images, root, out, ids, info=info, progress=progress, on_image=on_image)
+
+
+def _check_headers(root: Path, images: Sequence[ImageEntry]) -> None:
+    """Open every image's header (cheap, no decoding) so a zero-byte or non-image file stops the
+    run before any shard is written; a file truncated after its header fails when it is decoded,
+    naming it, with the finished images kept for the rerun."""
+    from PIL import Image
+
+    for entry in images:
+        try:
+            with Image.open(root / entry.file_name):
+                pass
+        except (OSError, SyntaxError, ValueError):
+            load_rgb(root / entry.file_name)  # raises the one-line error naming the file
+            raise
 
 
 def _run_locked(predict, images, root: Path, out: Path, ids: list[int], *, info: DistInfo, progress: bool,
