@@ -356,3 +356,26 @@ def test_run_refuses_an_ann_whose_sizes_disagree_with_the_files(setup, tmp_path,
     argv = _run_argv(setup, out)
     argv[argv.index("--ann") + 1] = str(path)
     _refuses(argv, capsys, out, coco["images"][0]["file_name"], "is 128x128 but the COCO json says 128x64")
+
+
+def _valid_segmentations() -> dict:
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((6, 5), np.uint8, order="F")
+    mask[1:4, 2:4] = 1
+    compressed = mask_utils.encode(mask)
+    return {"polygon": [[1, 1, 4, 1, 4, 4, 1, 4]], "odd polygon": [[1, 1, 4, 1, 4, 4, 1]],
+            "compressed RLE": {"size": [6, 5], "counts": compressed["counts"].decode()},
+            "uncompressed RLE": {"size": [6, 5], "counts": [7, 3, 3, 3, 14]}, "box-only": None, "empty list": []}
+
+
+@pytest.mark.parametrize("form", sorted(_valid_segmentations()))
+def test_coco_check_accepts_every_valid_segmentation_form(form):
+    from sam2_vitplug.matching.coco_checks import check_coco
+
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3]}
+    if _valid_segmentations()[form] is not None:
+        ann["segmentation"] = _valid_segmentations()[form]
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 5, "height": 6}], "annotations": [ann],
+            "categories": [{"id": 1, "name": "x"}]}
+    assert check_coco(coco, "x.json") is coco

@@ -84,7 +84,7 @@ def _check_annotation(ann: Any, n: int, sizes: dict[int, tuple[int, int]], where
     if seg is None or (isinstance(seg, list) and not seg):
         return  # box-only: its mask comes from SAM2 box prompts
     if isinstance(seg, list):
-        if not all(isinstance(p, list) and all(_is_number(v) for v in p) and len(p) % 2 == 0 for p in seg):
+        if not all(isinstance(p, list) and all(_is_number(v) for v in p) for p in seg):
             raise ValueError(f"{name} has a segmentation that is neither a list of polygons "
                              "([[x1, y1, x2, y2, ...], ...]) nor an RLE object; fix it or drop the key (box-only)")
         return
