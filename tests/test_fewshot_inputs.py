@@ -267,7 +267,8 @@ def test_run_names_a_truncated_jpeg_and_resumes_once_it_is_fixed(setup, tmp_path
     argv[argv.index("--images") + 1] = str(images)
     capsys.readouterr()
     assert main(argv) == 2
-    assert str(victim) in capsys.readouterr().err.splitlines()[-1]
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert str(victim) in line and "rerun the same command to resume" in line
     assert not (out / "res.json").exists()  # the finished images sit in shards, nothing half-written
     victim.write_bytes(good)
     assert main(argv) == 0

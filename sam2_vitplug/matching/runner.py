@@ -209,7 +209,12 @@ def _run_locked(predict, images, root: Path, out: Path, ids: list[int], *, info:
     _repair_tail(shard)
     with open(shard, "ab") as fh:
         for entry in tqdm(todo, desc=f"few-shot (rank {info.rank})", disable=not progress):
-            results = predict(load_rgb(root / entry.file_name), entry.image_id)
+            try:
+                image = load_rgb(root / entry.file_name)
+            except ValueError as err:  # truncated after a valid header: say that the finished work is kept
+                raise ValueError(f"{err}; the finished images are kept in {shard.name}: fix the file and rerun "
+                                 "the same command to resume") from err
+            results = predict(image, entry.image_id)
             fh.write(json.dumps({"image_id": entry.image_id, "results": results}).encode() + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
