@@ -200,8 +200,9 @@ def test_review_keeps_and_exports_by_the_rules(tmp_path):
     results = [{"image_id": 1, "category_id": 1, "score": s, "bbox": [2, 2, 4, 4], "segmentation": rle}
                for s in (0.9, 0.7, 0.3, 0.1)]
     (tmp_path / "results.json").write_text(json.dumps(results))
-    (tmp_path / "targets.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [],
-                                                       "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    targets = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], "annotations": [],
+               "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    (tmp_path / "targets.json").write_text(json.dumps(targets))
     (tmp_path / "refs.json").write_text("{}")
     review = Review()
     review.load(tmp_path / "results.json", tmp_path / "targets.json")
