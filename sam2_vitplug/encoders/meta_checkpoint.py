@@ -202,6 +202,31 @@ def read_meta_state_dict(path: str | Path, ijepa_weights: str | None = None) -> 
     return MetaStateDict(sd, layout, picked)
 
 
+def split_fused_qkv(prefix: str, key: str, value: Tensor, hidden: int, *, key_bias: bool = True) -> dict[str, Tensor]:
+    """Meta's fused ``blocks.i.attn.qkv.{weight,bias}`` -> ``<prefix>attention.{q,k,v}_proj.*``.
+
+    Every Meta ViT (DINOv2, DINOv3, I-JEPA) lays the fused output out as ``[q; k; v]``, each
+    head-major. ``key_bias=False`` drops the k bias (DINOv3 release files mask it: Meta's forward
+    never adds it)."""
+    kind = key.rsplit(".", 1)[1]
+    if value.shape[0] != 3 * hidden:
+        raise ValueError(f"{key} has shape {tuple(value.shape)}, expected first dim {3 * hidden}")
+    q, k, v = value.chunk(3, dim=0)
+    out = {f"{prefix}attention.q_proj.{kind}": q.clone(), f"{prefix}attention.v_proj.{kind}": v.clone()}
+    if kind == "weight" or key_bias:
+        out[f"{prefix}attention.k_proj.{kind}"] = k.clone()
+    return out
+
+
+def default_layer_scales(out: dict[str, Tensor], layer_prefix: str, layers: int, hidden: int,
+                         dtype: torch.dtype) -> None:
+    """All-ones ``lambda1`` for blocks saved without LayerScale: an identity, since transformers
+    always has the layer."""
+    for i in range(layers):
+        for ls in ("layer_scale1", "layer_scale2"):
+            out.setdefault(f"{layer_prefix}{i}.{ls}.lambda1", torch.ones(hidden, dtype=dtype))
+
+
 def assign_converted(model_cls: type, config: Any, converted: dict[str, Tensor], path: Path, title: str,
                      rebuild: tuple[str, ...] = ()) -> Any:
     """``model_cls(config)`` with exactly ``converted`` as its weights, in eval mode.

@@ -33,7 +33,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .meta_checkpoint import assign_converted, read_meta_state_dict
+from .meta_checkpoint import assign_converted, default_layer_scales, read_meta_state_dict, split_fused_qkv
 from .meta_checkpoint import sample_keys as _sample_keys
 from .pos_embed import use_meta_pos_interpolation
 
@@ -217,12 +217,7 @@ def convert_meta_dinov2_state_dict(
         if rest in _BLOCK_RENAMES:
             out[prefix + _BLOCK_RENAMES[rest]] = value
         elif rest in ("attn.qkv.weight", "attn.qkv.bias"):
-            kind = rest.rsplit(".", 1)[1]
-            if value.shape[0] != 3 * hidden:
-                raise ValueError(f"{key} has shape {tuple(value.shape)}, expected first dim {3 * hidden}")
-            # Meta lays the fused output out as [q; k; v], each head-major.
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"{prefix}attention.{name}.{kind}"] = part.clone()
+            out.update(split_fused_qkv(prefix, key, value, hidden))
         elif rest in ("mlp.w12.weight", "mlp.w12.bias"):
             kind = rest.rsplit(".", 1)[1]
             # Meta: x1, x2 = w12(x).chunk(2); silu(x1) * x2 -> x1 is the gate.
@@ -236,9 +231,7 @@ def convert_meta_dinov2_state_dict(
         raise ValueError(f"unexpected keys in Meta DINOv2 state dict: {_sample_keys(unknown)}")
 
     dtype = out["embeddings.cls_token"].dtype if "embeddings.cls_token" in out else torch.float32
-    for i in range(int(config.num_hidden_layers)):
-        for ls in ("layer_scale1", "layer_scale2"):
-            out.setdefault(f"encoder.layer.{i}.{ls}.lambda1", torch.ones(hidden, dtype=dtype))
+    default_layer_scales(out, "encoder.layer.", int(config.num_hidden_layers), hidden, dtype)
     return out
 
 

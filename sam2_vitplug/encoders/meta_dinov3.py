@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from transformers import DINOv3ViTConfig, DINOv3ViTModel, PreTrainedModel
 
-from .meta_checkpoint import assign_converted, sample_keys
+from .meta_checkpoint import assign_converted, default_layer_scales, sample_keys, split_fused_qkv
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +188,6 @@ def _uses_key_bias(sd: Mapping[str, Tensor], hidden: int) -> bool:
     return uses.pop()
 
 
-def _split_qkv(prefix: str, key: str, value: Tensor, hidden: int, key_bias: bool) -> dict[str, Tensor]:
-    kind = key.rsplit(".", 1)[1]
-    if value.shape[0] != 3 * hidden:
-        raise ValueError(f"{key} has shape {tuple(value.shape)}, expected first dim {3 * hidden}")
-    q, k, v = value.chunk(3, dim=0)  # Meta lays the fused output out as [q; k; v], head-major
-    out = {f"{prefix}attention.q_proj.{kind}": q.clone(), f"{prefix}attention.v_proj.{kind}": v.clone()}
-    if kind == "weight" or key_bias:  # a masked k bias (checked in _uses_key_bias) is dropped
-        out[f"{prefix}attention.k_proj.{kind}"] = k.clone()
-    return out
-
-
 def convert_meta_dinov3_state_dict(sd: Mapping[str, Tensor], config: DINOv3ViTConfig) -> dict[str, Tensor]:
     """Meta DINOv3 key names and shapes -> ``DINOv3ViTModel``'s. Pure; unknown keys raise ValueError."""
     _check_supported(sd)
@@ -217,7 +206,8 @@ def convert_meta_dinov3_state_dict(sd: Mapping[str, Tensor], config: DINOv3ViTCo
             if rest in _BLOCK_RENAMES:
                 out[prefix + _BLOCK_RENAMES[rest]] = value
             elif rest in ("attn.qkv.weight", "attn.qkv.bias"):
-                out.update(_split_qkv(prefix, key, value, hidden, bool(config.key_bias)))
+                # a masked k bias (checked in _uses_key_bias) is dropped
+                out.update(split_fused_qkv(prefix, key, value, hidden, key_bias=bool(config.key_bias)))
             else:
                 unknown.append(key)
         else:
@@ -227,9 +217,7 @@ def convert_meta_dinov3_state_dict(sd: Mapping[str, Tensor], config: DINOv3ViTCo
     dtype = out["embeddings.cls_token"].dtype
     out.setdefault("embeddings.mask_token", torch.zeros(1, 1, hidden, dtype=dtype))
     out.setdefault("embeddings.register_tokens", torch.zeros(1, 0, hidden, dtype=dtype))
-    for i in range(int(config.num_hidden_layers)):
-        for ls in ("layer_scale1", "layer_scale2"):
-            out.setdefault(f"model.layer.{i}.{ls}.lambda1", torch.ones(hidden, dtype=dtype))
+    default_layer_scales(out, "model.layer.", int(config.num_hidden_layers), hidden, dtype)
     return out
 
 

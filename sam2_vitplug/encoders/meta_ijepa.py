@@ -23,7 +23,7 @@ from typing import Mapping
 from torch import Tensor
 from transformers import IJepaConfig, IJepaModel, PreTrainedModel
 
-from .meta_checkpoint import assign_converted, sample_keys
+from .meta_checkpoint import assign_converted, sample_keys, split_fused_qkv
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +115,7 @@ def convert_meta_ijepa_state_dict(sd: Mapping[str, Tensor], config: IJepaConfig)
         if rest in _BLOCK_RENAMES:
             out[prefix + _BLOCK_RENAMES[rest]] = value
         elif rest in ("attn.qkv.weight", "attn.qkv.bias"):
-            kind = rest.rsplit(".", 1)[1]
-            if value.shape[0] != 3 * hidden:
-                raise ValueError(f"{key} has shape {tuple(value.shape)}, expected first dim {3 * hidden}")
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):  # [q; k; v]
-                out[f"{prefix}attention.{name}.{kind}"] = part.clone()
+            out.update(split_fused_qkv(prefix, key, value, hidden))
         else:
             unknown.append(key)
     if unknown:
