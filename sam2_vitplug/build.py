@@ -152,11 +152,7 @@ def load_sam2_weights(
     one, or a shape mismatch raises ``ValueError`` naming them, before ``model`` is changed.
     """
     state = read_state_dict(ckpt_path)
-    if exclude is None:
-        exclude, reason = choose_exclude(model, state)
-    else:
-        exclude, reason = tuple(exclude), ""
-    exclude = tuple(exclude)
+    exclude, reason = choose_exclude(model, state) if exclude is None else (tuple(exclude), "")
     own = model.state_dict()
     report = LoadReport(exclude=exclude, reason=reason)
     to_load: dict[str, torch.Tensor] = {}

@@ -25,10 +25,14 @@ ENV_VAR = "SAM2_VITPLUG_WEIGHTS_AUDIT"
 _counter = itertools.count()
 
 
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes (native byte order, any dtype, bf16 included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
-    """sha256 of a tensor's raw bytes (native byte order, any dtype)."""
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+    """sha256 of a tensor's raw bytes."""
+    return hashlib.sha256(_raw_bytes(tensor)).hexdigest()
 
 
 def state_digests(state: Mapping[str, torch.Tensor]) -> dict[str, dict]:
@@ -66,7 +70,7 @@ def weights_sha256(state: Mapping[str, torch.Tensor] | nn.Module) -> str:
         state = state.state_dict()
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        t = state[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_raw_bytes(t))
     return h.hexdigest()

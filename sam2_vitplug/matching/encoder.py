@@ -167,8 +167,17 @@ def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
 def matcher_weights_sha256(matcher) -> str | None:
     """The digest of a matcher's ViT weights (:func:`sam2_vitplug.weights_audit.weights_sha256`),
-    or None for a matcher without a ViT (a plugin's): banks and runs compare weights, not paths."""
+    or None for a matcher without a ViT (a plugin's): banks and runs compare weights, not paths.
+
+    Kept on the matcher after the first call: a matcher's ViT is frozen once loaded, and a run
+    asks twice (the bank check and the run's settings record)."""
     from ..weights_audit import weights_sha256
 
     vit = getattr(matcher, "vit", None)
-    return weights_sha256(vit) if isinstance(vit, nn.Module) else None
+    if not isinstance(vit, nn.Module):
+        return None
+    cached = getattr(matcher, "_weights_sha256", None)
+    if cached is None:
+        cached = weights_sha256(vit)
+        matcher._weights_sha256 = cached
+    return cached

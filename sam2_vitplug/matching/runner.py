@@ -116,11 +116,9 @@ def check_resumable(out: str | os.PathLike, settings: Mapping[str, Any] | None, 
     out = Path(out)
     record, shards = settings_path(out), shard_paths(out)
     if overwrite:
-        for path in shards if info.rank == 0 else [p for p in shards if p.name.endswith(f"-{info.rank}.jsonl")]:
-            path.unlink(missing_ok=True)
-        if info.rank == 0:
-            record.unlink(missing_ok=True)
-        shards = []
+        if info.rank == 0:  # every rank's shards (an earlier run may have had more ranks); the others wait
+            for path in [*shards, record]:
+                path.unlink(missing_ok=True)
     elif shards or record.is_file():
         if not record.is_file():
             raise ValueError(f"'{out}' has shards of an earlier run ({shards[0].name}) but no settings record, so "
