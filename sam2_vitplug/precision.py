@@ -1,0 +1,93 @@
+"""Compute precision for inference: one name per dtype, one check per device, one context.
+
+Why: every inference path (few-shot memory/run, features, segmentation heads) takes the same
+``--dtype {fp32,bf16,fp16}`` and must refuse the same unsupported combinations with the same
+one-line message, before any model is built. ``fp32`` is the exact path and the default;
+reduced precision runs the heavy matmuls and convolutions under :func:`torch.autocast`
+(weights stay fp32, so a model can switch dtype per call), and each caller keeps the
+numerically delicate steps (thresholds, NMS, merging, scores) in fp32 itself.
+
+Fast bf16 on a CPU needs AVX512-BF16 or AMX; :func:`cpu_fast_bf16` asks torch's own CPU
+capability query, never the CPU's model name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_HELP = ("compute dtype: fp32 (exact, default), bf16 (CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16) "
+              "or fp16 (CUDA/MPS only); heavy matmuls run under autocast, thresholds, NMS and scores stay fp32")
+
+
+def parse_dtype(name: str | torch.dtype | None, flag: str = "--dtype") -> str:
+    """``None`` -> ``fp32``; ``fp32``/``bf16``/``fp16`` (or the torch dtype) -> its short name.
+    Raises ValueError with one line naming the value and the choices."""
+    if name is None:
+        return "fp32"
+    if isinstance(name, torch.dtype):
+        for short, dtype in DTYPES.items():
+            if dtype == name:
+                return short
+        raise ValueError(f"{flag} {name} is not supported; use one of {', '.join(DTYPES)}")
+    aliases = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+    value = aliases.get(str(name).strip().lower(), str(name).strip().lower())
+    if value not in DTYPES:
+        raise ValueError(f"{flag} {name!r} is not a dtype; use one of {', '.join(DTYPES)}")
+    return value
+
+
+def device_type(device: str | torch.device) -> str:
+    """``cuda:1`` -> ``cuda``; the ``device_type`` :func:`torch.autocast` wants."""
+    return torch.device(device).type
+
+
+def cpu_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 matmul (AVX512-BF16 or AMX tiles), per torch's CPU
+    capability query (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``)."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and bool(fn()):
+            return True
+    return False
+
+
+def check_dtype(dtype: str | torch.dtype | None, device: str | torch.device, flag: str = "--dtype") -> str:
+    """The short dtype name, after checking ``device`` can compute in it.
+
+    fp16 needs CUDA or MPS (CPU autocast in fp16 is emulated and slow); bf16 needs a CUDA
+    device that supports it, or any CPU (emulated, hence slow, without AVX512-BF16/AMX: use
+    :func:`cpu_fast_bf16` to decide a default). Raises ValueError with the fix."""
+    name = parse_dtype(dtype, flag)
+    kind = device_type(device)
+    if name == "fp16" and kind == "cpu":
+        raise ValueError(f"{flag} fp16 needs a CUDA or MPS device (this is {device}); use {flag} bf16 on a CPU")
+    if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{flag} bf16: {torch.cuda.get_device_name(torch.device(device))} has no bf16 support; "
+                         f"use {flag} fp16")
+    if name == "bf16" and kind == "mps":
+        raise ValueError(f"{flag} bf16 is not supported on MPS here; use {flag} fp16")
+    return name
+
+
+@contextlib.contextmanager
+def autocast(dtype: str | torch.dtype | None, device: str | torch.device) -> Iterator[None]:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context for fp32 (so the
+    exact path is exactly the code without autocast)."""
+    name = parse_dtype(dtype)
+    if name == "fp32":
+        yield
+        return
+    with torch.autocast(device_type(device), dtype=DTYPES[name]):
+        yield
+
+
+@contextlib.contextmanager
+def full_precision(device: str | torch.device) -> Iterator[None]:
+    """Leave any enclosing autocast region: the steps that must stay fp32 (mask thresholds,
+    NMS, merging, scoring) run inside this context on fp32 inputs."""
+    with torch.autocast(device_type(device), enabled=False):
+        yield
