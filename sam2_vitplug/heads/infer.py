@@ -1,5 +1,14 @@
 """Inference at any image size: resize (keep aspect) + pad to the stride multiple, or a
-sliding window; coloured overlays with a legend; images, folders and videos (OpenCV)."""
+sliding window; coloured overlays with a legend; images, folders and videos (OpenCV).
+
+Compute dtype (``dtype="fp32"|"bf16"|"fp16"``, validated by :func:`precision.check_dtype`):
+the frozen ViT and the head run under autocast, the ViT's ``nn.Linear`` weights pre-cast once
+per call (``modeling.autocast_weights``: bit-identical to autocast's own per-forward casts,
+without them). What stays fp32: the head outputs are cast to fp32 before the class scores
+(Mask2Former's softmax over classes and sigmoid over masks), the upsampling to the image, the
+sliding-window average, the argmax and the confusion matrix. ``fp32`` is the exact path, the
+code as it was without any dtype (docs/precision_heads_features.md).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_target, file_mode
+from ..modeling.autocast_weights import precast_linear_weights
+from ..precision import DTYPES, check_dtype, parse_dtype
 from .data import IMAGE_SUFFIXES, Normalize
 from .model import SegModel
 
@@ -34,22 +45,53 @@ def palette(num_classes: int) -> np.ndarray:
     return (np.array(cols) * 255).astype(np.uint8)
 
 
+def compute_dtype(model: SegModel, dtype: str | torch.dtype | None = "fp32",
+                  autocast: torch.dtype | None = None) -> str:
+    """The short dtype name inference runs in, checked against the model's device.
+
+    ``autocast`` is the older ``--amp`` spelling (a torch dtype or None); given together with a
+    reduced ``dtype`` they must agree. Raises ValueError with one line naming the fix."""
+    name = parse_dtype(dtype)
+    if autocast is not None:
+        legacy = parse_dtype(autocast, "--amp")
+        if name not in ("fp32", legacy):
+            raise ValueError(f"--dtype {name} and --amp {legacy} disagree; pass one of them")
+        name = legacy
+    return check_dtype(name, next(model.head.parameters()).device)
+
+
+def _fp32_outputs(outputs):
+    """Head outputs as fp32 (a tensor, or Mask2Former's dict), so the scores over classes are
+    computed in fp32 whatever the head computed in."""
+    if isinstance(outputs, dict):
+        return {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
+    return outputs.float()
+
+
 def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))
 
 
 @torch.no_grad()
 def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", overlap: float = 1 / 3,
-                   autocast: torch.dtype | None = None) -> torch.Tensor:
-    """Per-class scores ``(K, H, W)`` for one ``(H, W, 3)`` uint8 image, at its own size.
+                   autocast: torch.dtype | None = None, dtype: str | torch.dtype | None = "fp32") -> torch.Tensor:
+    """Per-class fp32 scores ``(K, H, W)`` for one ``(H, W, 3)`` uint8 image, at its own size.
 
     ``resize``: scale so the longer side is ``image_size`` (aspect kept), pad bottom/right
     to a multiple of 16, predict, crop the padding, upsample to the input size.
     ``slide``: scale so the shorter side is ``image_size``, cover the image with
     ``image_size`` windows overlapping by ``overlap``, average the window scores.
+    ``dtype``: the ViT and head compute dtype (module docstring: what stays fp32).
     """
     if mode not in INFERENCE_MODES:
         raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    name = compute_dtype(model, dtype, autocast)
+    with precast_linear_weights(model.trunk.vit, name):
+        return _predict_scores(model, rgb, mode, overlap, None if name == "fp32" else DTYPES[name])
+
+
+def _predict_scores(model: SegModel, rgb: np.ndarray, mode: str, overlap: float,
+                    autocast: torch.dtype | None) -> torch.Tensor:
     model.eval()
     cfg = model.config
     device = next(model.head.parameters()).device
@@ -63,6 +105,8 @@ def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", ov
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             out = model(x)
+        if autocast is not None:
+            out = _fp32_outputs(out)
         return model.scores(out, x.shape[-2:])
 
     if mode == "resize":
@@ -145,34 +189,68 @@ def _sync(device: torch.device) -> None:
 
 
 def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mode: str = "resize",
-                   autocast: torch.dtype | None = None, progress: bool = False, background: int | None = 0) -> dict:
+                   autocast: torch.dtype | None = None, progress: bool = False, background: int | None = 0,
+                   dtype: str | torch.dtype | None = "fp32") -> dict:
     """Write ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image; return
-    timings (model time only, file IO excluded)."""
+    timings (model time only, file IO excluded) and the compute ``dtype``."""
     from tqdm import tqdm
 
     from .data import load_rgb
 
+    name = compute_dtype(model, dtype, autocast)
     device = next(model.head.parameters()).device
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = []
-    for path in tqdm(files, desc="predicting", disable=not progress):
-        rgb = load_rgb(path)
-        _sync(device)
-        t0 = time.perf_counter()
-        labels = predict_scores(model, rgb, mode=mode, autocast=autocast).argmax(0).to(torch.uint8).cpu().numpy()
-        _sync(device)
-        seconds.append(time.perf_counter() - t0)
-        _save_png(labels, out_dir / f"{path.stem}_mask.png")
-        # no FPS caption on still images: the files must not depend on timing (two runs, same bytes);
-        # the timing is in the returned summary
-        _save_png(overlay(rgb, labels, model.config.names, background=background), out_dir / f"{path.stem}_overlay.png")
-    return {"images": len(files), "seconds": sum(seconds), "fps": len(seconds) / max(sum(seconds), 1e-9)}
+    with precast_linear_weights(model.trunk.vit, name):  # once for all images
+        for path in tqdm(files, desc="predicting", disable=not progress):
+            rgb = load_rgb(path)
+            _sync(device)
+            t0 = time.perf_counter()
+            labels = predict_scores(model, rgb, mode=mode, dtype=name).argmax(0).to(torch.uint8).cpu().numpy()
+            _sync(device)
+            seconds.append(time.perf_counter() - t0)
+            _save_png(labels, out_dir / f"{path.stem}_mask.png")
+            # no FPS caption on still images: the files must not depend on timing (two runs, same bytes);
+            # the timing is in the returned summary
+            _save_png(overlay(rgb, labels, model.config.names, background=background),
+                      out_dir / f"{path.stem}_overlay.png")
+    return {"images": len(files), "seconds": sum(seconds), "fps": len(seconds) / max(sum(seconds), 1e-9),
+            "dtype": name}
+
+
+def evaluate(model: SegModel, pairs: Sequence[tuple[Path, Path]], *, mode: str = "resize",
+             dtype: str | torch.dtype | None = "fp32", autocast: torch.dtype | None = None,
+             progress: bool = False) -> torch.Tensor:
+    """The ``(K, K)`` int64 confusion matrix (rows: truth) of ``model`` over ``(image, mask)``
+    pairs at each image's own size; predictions in ``dtype``, counting always in int64."""
+    from tqdm import tqdm
+
+    from .data import load_mask, load_rgb
+    from .metrics import confusion_matrix
+
+    name = compute_dtype(model, dtype, autocast)
+    num_classes = model.config.num_classes
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    with precast_linear_weights(model.trunk.vit, name):
+        for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress):
+            labels = predict_scores(model, load_rgb(image_path), mode=mode, dtype=name).argmax(0).cpu()
+            conf += confusion_matrix(labels, torch.from_numpy(load_mask(mask_path)), num_classes)
+    return conf
 
 
 def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "resize",
                   autocast: torch.dtype | None = None, progress: bool = False, max_frames: int | None = None,
-                  background: int | None = 0) -> dict:
+                  background: int | None = 0, dtype: str | torch.dtype | None = "fp32") -> dict:
     """Write ``<stem>_overlay.mp4`` with per-frame overlays and the running FPS."""
+    name = compute_dtype(model, dtype, autocast)
+    with precast_linear_weights(model.trunk.vit, name):  # once for all frames
+        result = _predict_video(model, path, out_dir, mode=mode, dtype=name, progress=progress,
+                                max_frames=max_frames, background=background)
+    return dict(result, dtype=name)
+
+
+def _predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str, dtype: str, progress: bool,
+                   max_frames: int | None, background: int | None) -> dict:
     import cv2
     from tqdm import tqdm
 
@@ -195,7 +273,7 @@ def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "re
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             _sync(device)
             t0 = time.perf_counter()
-            labels = predict_scores(model, rgb, mode=mode, autocast=autocast).argmax(0).to(torch.uint8).cpu().numpy()
+            labels = predict_scores(model, rgb, mode=mode, dtype=dtype).argmax(0).to(torch.uint8).cpu().numpy()
             _sync(device)
             seconds += time.perf_counter() - t0
             frames += 1

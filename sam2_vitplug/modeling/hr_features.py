@@ -10,10 +10,17 @@ count is part of the memory plan and of the reported cost.
 
 Every check (K, shift, target size, family support, memory budget) runs in
 :meth:`HRFeatureExtractor.plan` before any forward.
+
+Reduced precision (``dtype="bf16"|"fp16"``): only the ViT forward runs under autocast (its
+``nn.Linear`` weights pre-cast once per call, ``autocast_weights``); the token maps leave it
+as fp32 and the upsampling, inversion and averaging over the K transforms run in fp32 outside
+autocast, so the output is an fp32 tensor either way. ``fp32`` is the exact path: no autocast
+context at all (docs/precision_heads_features.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +31,8 @@ from torch import nn
 
 from ..encoders.families import EncoderFamily
 from ..encoders.tokens import tokens_to_grid
+from ..precision import DTYPES, autocast, check_dtype, full_precision
+from .autocast_weights import precast_linear_weights
 from .stride import check_stride_reduction, reduced_stride
 from .transforms import (TransformSet, accumulate_average, apply_transforms, check_target_size, default_shift, grid_size,
                          make_transforms)
@@ -111,6 +120,9 @@ def estimate_vit_bytes(config: Any, tokens: int, dtype: torch.dtype, *, grad: bo
     return int(total * _SAFETY)
 
 
+_nothing = contextlib.nullcontext
+
+
 class HRFeatureExtractor(nn.Module):
     """Transform-averaged (and optionally stride-reduced) features of a transformers ViT.
 
@@ -126,6 +138,9 @@ class HRFeatureExtractor(nn.Module):
             allocated; the K images are encoded in chunks that fit it. None = one forward.
         layer: ``None`` = ``last_hidden_state`` (final norm applied); an int = that block's
             output with the final norm applied (as the trunk's intermediate taps).
+        dtype: compute dtype of the ViT forward, ``fp32`` (exact, default), ``bf16`` or
+            ``fp16`` (checked against the model's device: fp16 needs CUDA/MPS). The model's
+            weights stay as they are; the averaging stays fp32 and so does the output.
     """
 
     def __init__(
@@ -140,8 +155,11 @@ class HRFeatureExtractor(nn.Module):
         stride_reduction: bool = False,
         memory_budget: int | str | None = None,
         layer: int | None = None,
+        dtype: str | torch.dtype | None = "fp32",
     ) -> None:
         super().__init__()
+        param = next(model.parameters())
+        self.compute_dtype = check_dtype(dtype, param.device)
         self.vit = model
         self.family = family
         config = model.config
@@ -168,7 +186,21 @@ class HRFeatureExtractor(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The ViT's parameter dtype (the input is cast to it)."""
         return next(self.vit.parameters()).dtype
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the ViT runs under autocast (``dtype`` bf16/fp16 on an fp32 model)."""
+        return self.compute_dtype != "fp32"
+
+    def _linear_bytes(self) -> int:
+        """Bytes of the low-precision weight copies :func:`precast_linear_weights` makes."""
+        if not self.reduced:
+            return 0
+        elem = torch.finfo(DTYPES[self.compute_dtype]).bits // 8
+        return sum(p.numel() * elem for m in self.vit.modules() if isinstance(m, nn.Linear)
+                   for p in (m.weight, m.bias) if p is not None and p.dtype == torch.float32)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of a ``height x width`` input (denser with stride reduction)."""
@@ -186,14 +218,15 @@ class HRFeatureExtractor(nn.Module):
         gh, gw = self.grid(height, width)
         check_target_size(target, (gh, gw), (height, width))
         grad = torch.is_grad_enabled() if grad is None else grad
-        dtype = self.dtype
+        dtype = DTYPES[self.compute_dtype] if self.reduced else self.dtype  # the activations' dtype
         elem = torch.finfo(dtype).bits // 8
         hidden = int(self.vit.config.hidden_size)
         tokens = self.num_prefix_tokens + gh * gw
-        low = dtype in (torch.float16, torch.bfloat16)  # accumulated in fp32, then cast
-        out_bytes = batch * hidden * target[0] * target[1] * ((4 + elem) if low else elem)
+        low = dtype in (torch.float16, torch.bfloat16)  # accumulated in fp32 (then cast, for a low-precision model)
+        out_elem = 4 if self.reduced else ((4 + elem) if low else elem)
+        out_bytes = batch * hidden * target[0] * target[1] * out_elem
         part_bytes = 2 * hidden * gh * target[1] * (4 if low else elem)
-        fixed = out_bytes + part_bytes + batch * 3 * height * width * 4
+        fixed = out_bytes + part_bytes + batch * 3 * height * width * 4 + self._linear_bytes()
         per_item = estimate_vit_bytes(self.vit.config, tokens, dtype, grad=grad) + 3 * height * width * 4
         items = batch * self.k
         if self.memory_budget is None:
@@ -211,39 +244,49 @@ class HRFeatureExtractor(nn.Module):
                       self.memory_budget)
 
     def token_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, H, W)`` model-ready pixels -> ``(n, C, gh, gw)`` token map (one ViT forward)."""
+        """``(n, 3, H, W)`` model-ready pixels -> ``(n, C, gh, gw)`` token map (one ViT forward;
+        under autocast for a reduced ``dtype``, the map then cast to fp32)."""
         gh, gw = self.grid(*x.shape[-2:])
-        with reduced_stride(self.vit, self.stride):
+        with reduced_stride(self.vit, self.stride), precast_linear_weights(self.vit, self.compute_dtype), \
+                autocast(self.compute_dtype, x.device):
             out = self.vit(pixel_values=x.to(self.dtype), output_hidden_states=self.layer is not None,
                            **self._forward_kwargs)
-        if self.layer is None:
-            tokens = out.last_hidden_state
-        else:
-            tokens = self.family.final_norm(self.vit)(out.hidden_states[self.layer + 1])
+            if self.layer is None:
+                tokens = out.last_hidden_state
+            else:
+                tokens = self.family.final_norm(self.vit)(out.hidden_states[self.layer + 1])
+        if self.reduced:
+            tokens = tokens.float()
         return tokens_to_grid(tokens, self.num_prefix_tokens, gh, gw, f"{self.family.name} ViT")
 
     def forward(self, pixels: torch.Tensor, target_size: tuple[int, int] | None = None, *,
                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """``(B, 3, H, W)`` model-ready pixels (normalised, H and W multiples of the patch) ->
-        ``(B, C, Th, Tw)`` averaged features in the model's dtype (target None = ``H x W``).
+        ``(B, C, Th, Tw)`` averaged features in the model's dtype, fp32 for a reduced compute
+        ``dtype`` (target None = ``H x W``).
 
         ``progress(n)`` is called after each chunk with the number of images it encoded."""
         batch, _, height, width = pixels.shape
         plan = self.plan(batch, height, width, target_size)
         dtype = self.dtype
-        acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) or self.reduced else dtype
         out = torch.zeros(batch, int(self.vit.config.hidden_size), *plan.target, dtype=acc_dtype,
                           device=pixels.device)
-        for start in range(0, plan.items, plan.chunk):
-            items = range(start, min(start + plan.chunk, plan.items))
-            maps = self.token_maps(apply_transforms(pixels, self.tset, items))
-            accumulate_average(out, maps, items, self.tset, (height, width), patch=self.patch_size,
-                               stride=self.stride)
-            del maps
-            if progress is not None:
-                progress(len(items))
-        return out.to(dtype)
+        # the weights are cast once for all chunks; the averaging never runs under an autocast
+        # the caller may hold (fp32 leaves the context as it is: the exact path)
+        keep_fp32 = self.reduced
+        with precast_linear_weights(self.vit, self.compute_dtype):
+            for start in range(0, plan.items, plan.chunk):
+                items = range(start, min(start + plan.chunk, plan.items))
+                maps = self.token_maps(apply_transforms(pixels, self.tset, items))
+                with full_precision(pixels.device) if keep_fp32 else _nothing():
+                    accumulate_average(out, maps, items, self.tset, (height, width), patch=self.patch_size,
+                                       stride=self.stride)
+                del maps
+                if progress is not None:
+                    progress(len(items))
+        return out if self.reduced else out.to(dtype)
 
     def extra_repr(self) -> str:
         budget = "none" if self.memory_budget is None else format_bytes(self.memory_budget)
-        return f"{self.tset.describe()}, stride {self.stride}, memory_budget {budget}"
+        return f"{self.tset.describe()}, stride {self.stride}, memory_budget {budget}, dtype {self.compute_dtype}"
