@@ -208,3 +208,23 @@ def test_predict_images_bf16_same_bytes_twice(trained_linear, shapes, tmp_path):
     for path in sorted((tmp_path / "a").iterdir()):
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
     assert all(p.dtype == torch.float32 for p in trained_linear.parameters())  # the model is unchanged
+
+
+@pytest.mark.slow
+def test_bench_hr_features_dtype_rows(tmp_path):
+    """``tools/bench_hr_features.py --dtype bf16``: fp32 and bf16 rows in one run, ratios and
+    agreement on the bf16 rows, the dtype in every row."""
+    import json
+
+    import bench_hr_features
+
+    out = tmp_path / "hr.json"
+    assert bench_hr_features.main(["--models", "T", "--sizes", "56", "--ks", "1,4", "--dtype", "bf16", "--depth", "0",
+                                   "--plain-batched-max-size", "0", "--stride-max-size", "14",
+                                   "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["summary"]["dtypes"] == ["bf16", "fp32"]
+    low = [r for r in data["rows"] if r["dtype"] == "bf16"]
+    assert {r["variant"] for r in low} == {"bilinear", "tavg1", "tavg4", "tavg4_noprecast"}
+    for row in low:
+        assert row["x_fp32"] > 0 and row["cosine_mean"] >= COSINE_MIN and row["rel_max_diff"] <= REL_TOL

@@ -23,6 +23,15 @@ a core the call got. Peak memory: this process's VmHWM reset before each call
 (``/proc/self/clear_refs``), peak = VmHWM after - VmRSS before (output included); the
 planner's estimate is recorded beside it.
 
+Compute dtype: ``--dtype fp32,bf16`` runs every cell once per dtype in the same process
+(``HRFeatureExtractor(dtype=...)``: the ViT under autocast, its linear weights pre-cast once
+per call, the averaging in fp32). Each reduced-precision row carries ``x_fp32`` (its time over
+the fp32 row of the same cell) and the agreement of its output with fp32's: max and mean
+absolute difference, the max relative to the largest fp32 value, and the cosine similarity of
+the C-dimensional feature vectors (mean and min over positions). The largest K is also timed
+with pre-casting off (``tavgK_noprecast``: autocast re-casts the frozen weights every forward).
+``--models T`` is a tiny DINOv2 (hidden 32, 4 blocks, the test fixtures' geometry).
+
 Depth: ``--depth N`` keeps N transformer blocks (default 1) so that ViT-L at 1344 px with
 K=16 finishes on a CPU. The ViT then costs 12-24x less than the full model while the
 averaging cost is unchanged, so the measured ``x plainK`` overheads are upper bounds; the JSON
@@ -36,6 +45,7 @@ does not depend on depth (one block's activations are alive at a time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -53,7 +63,7 @@ from benchlib import fmt, machine_info, print_table, timed, write_json_atomic  #
 from benchmem import MEM_METHODS, MemProbe  # noqa: E402
 
 log = logging.getLogger("bench_hr_features")
-PRESETS = {"S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
+PRESETS = {"T": "tiny", "S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
 TARGET_RATIO = 1.1
 
 
@@ -61,7 +71,18 @@ def build_model(key: str, depth: int):
     from sam2_vitplug.encoders import load_encoder
 
     torch.manual_seed(0)
-    loaded = load_encoder(PRESETS[key], random_init=True)
+    if key == "T":
+        import tempfile
+
+        import transformers as T
+
+        with tempfile.TemporaryDirectory(prefix="bench_hr_tiny_") as tmp:
+            T.AutoModel.from_config(T.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                                   intermediate_size=64, patch_size=14,
+                                                   image_size=518)).save_pretrained(tmp)
+            loaded = load_encoder(tmp)
+    else:
+        loaded = load_encoder(PRESETS[key], random_init=True)
     model = loaded.model.eval()
     full = int(model.config.num_hidden_layers)
     if 0 < depth < full:
@@ -71,20 +92,35 @@ def build_model(key: str, depth: int):
     return model, loaded.family, full
 
 
-def measure(fn: Callable[[], Any], probe: MemProbe) -> tuple[float, dict[str, Any]]:
+def measure(fn: Callable[[], Any], probe: MemProbe) -> tuple[float, dict[str, Any], Any]:
     gc.collect()
     probe.start()
     out, elapsed, cpu = timed(fn)
     mem = probe.stop()
-    del out
     mem["cpu_s"] = cpu
     mem["cpu_util"] = cpu / (elapsed * torch.get_num_threads()) if elapsed > 0 else None
-    return elapsed, mem
+    return elapsed, mem, out
+
+
+def agreement(low: torch.Tensor, full: torch.Tensor) -> dict[str, float]:
+    """How far a reduced-precision output is from fp32's (both ``(B, C, H, W)``), in fp32."""
+    low, full = low.float(), full.float()
+    diff = (low - full).abs()
+    cos = F.cosine_similarity(low, full, dim=1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "rel_max_diff": float(diff.max() / full.abs().max().clamp_min(1e-30)),
+            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
 def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespace, probe: MemProbe,
-               key: str) -> list[dict[str, Any]]:
-    from sam2_vitplug.modeling.hr_features import HRFeatureExtractor
+               key: str, dtype: str = "fp32", outputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every variant of one (model, size) cell in ``dtype``; each variant's output is kept in
+    ``outputs`` (by variant name) when given, for the agreement with fp32."""
+    import functools
+
+    import sam2_vitplug.modeling.hr_features as hrf
+
+    HRFeatureExtractor = functools.partial(hrf.HRFeatureExtractor, dtype=dtype)  # noqa: N806
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, size, size, generator=gen)
@@ -93,14 +129,17 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
     scale_full = full_depth / depth
     rows: list[dict[str, Any]] = []
     base = {"model": key, "preset": PRESETS[key], "image_size": size, "target": list(target), "depth": depth,
-            "full_depth": full_depth, "hidden": int(model.config.hidden_size)}
+            "full_depth": full_depth, "hidden": int(model.config.hidden_size), "dtype": dtype}
 
     def run(variant: str, fn: Callable[[], Any], extra: dict[str, Any], vit_box: list[float] | None = None):
         times, mems, vits = [], [], []
         for _ in range(max(1, args.repeats)):
             if vit_box is not None:
                 vit_box.clear()
-            elapsed, mem = measure(fn, probe)
+            elapsed, mem, out = measure(fn, probe)
+            if outputs is not None:
+                outputs[variant] = out
+            del out
             times.append(elapsed)
             mems.append(mem)
             if vit_box is not None:
@@ -150,6 +189,14 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
                 "budget_mib": None if plan.budget is None else plan.budget / 2**20,
                 "estimated_mib": plan.estimated_bytes / 2**20, "tokens": plan.tokens_per_image}, vit_box)
             row["x_plainK"] = row["seconds"] / row["vit_s"] if row["vit_s"] else None
+            if dtype != "fp32" and k == ks[-1]:  # bench-only: autocast alone, re-casting the weights every forward
+                real = hrf.precast_linear_weights
+                hrf.precast_linear_weights = lambda module, dt: contextlib.nullcontext(0)
+                try:
+                    run(f"tavg{k}_noprecast", lambda ext=ext: ext(x, target), {"transforms": k, "chunk": plan.chunk,
+                                                                             "forwards": plan.forwards})
+                finally:
+                    hrf.precast_linear_weights = real
             full_vit = row["vit_s"] * scale_full
             row["x_plainK_full_depth_est"] = (row["other_s"] + full_vit) / full_vit if row["vit_s"] else None
             row["x_bilinear"] = row["seconds"] / bil["seconds"]
@@ -160,7 +207,8 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
         if args.plain_batched_max_size and size <= args.plain_batched_max_size:
             for k in ks:  # independent check that the in-run ViT time is what a plain batched forward costs
                 xk = x.expand(k, -1, -1, -1).contiguous()
-                row = run(f"plain_x{k}", lambda xk=xk: model(pixel_values=xk, **fwd_kwargs).last_hidden_state,
+                row = run(f"plain_x{k}", lambda xk=xk: plain.token_maps(xk) if dtype != "fp32" else
+                          model(pixel_values=xk, **fwd_kwargs).last_hidden_state,
                           {"transforms": k, "stride": plain.stride})
                 tav = next(r for r in rows if r["variant"] == f"tavg{k}")
                 tav["plain_batched_s"] = row["seconds"]
@@ -177,14 +225,32 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
     return rows
 
 
-def warm_up(model, family) -> None:
+def warm_up(model, family, dtypes: list[str]) -> None:
     """One untimed call of every code path on a small image (first-call allocations, kernel selection)."""
     from sam2_vitplug.modeling.hr_features import HRFeatureExtractor
 
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
-        for kw in ({"transforms": 1}, {"transforms": 8}, {"transforms": 1, "stride_reduction": True}):
-            HRFeatureExtractor(model, family, **kw)(x, (56, 56))
+        for dtype in dtypes:
+            for kw in ({"transforms": 1}, {"transforms": 8}, {"transforms": 1, "stride_reduction": True}):
+                HRFeatureExtractor(model, family, dtype=dtype, **kw)(x, (56, 56))
+
+
+def compare_dtypes(cell_rows: dict[str, list[dict[str, Any]]], outputs: dict[str, dict[str, Any]]) -> None:
+    """Add ``x_fp32`` (time ratio) and the agreement with fp32 to every reduced-precision row."""
+    ref_rows = {r["variant"]: r for r in cell_rows.get("fp32", [])}
+    for dtype, rows in cell_rows.items():
+        if dtype == "fp32":
+            continue
+        for row in rows:
+            variant = row["variant"]
+            ref = ref_rows.get(variant.replace("_noprecast", ""))
+            if ref is None:
+                continue
+            row["x_fp32"] = row["seconds"] / ref["seconds"]
+            full, low = outputs["fp32"].get(ref["variant"]), outputs[dtype].get(variant)
+            if isinstance(full, torch.Tensor) and isinstance(low, torch.Tensor) and full.shape == low.shape:
+                row.update(agreement(low, full))
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,15 +268,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "met_full_depth_est": None if worst_full is None else worst_full["x_plainK_full_depth_est"] <= TARGET_RATIO,
         "budget_cells": len(budgeted),
         "budget_respected": all(r.get("within_budget") for r in budgeted) if budgeted else None,
+        "dtypes": sorted({r["dtype"] for r in rows}),
+        "reduced_vs_fp32": [{k: r.get(k) for k in ("model", "image_size", "variant", "dtype", "seconds", "x_fp32",
+                                                   "max_abs_diff", "mean_abs_diff", "rel_max_diff", "cosine_mean",
+                                                   "cosine_min")}
+                            for r in rows if r.get("x_fp32") is not None],
     }
 
 
-COLUMNS = (("model", "model", "s"), ("px", "image_size", "d"), ("variant", "variant", "s"),
+COLUMNS = (("model", "model", "s"), ("px", "image_size", "d"), ("variant", "variant", "s"), ("dtype", "dtype", "s"),
            ("tokens", "tokens", "d"), ("chunk", "chunk", "d"), ("s", "seconds", ".3f"), ("vit s", "vit_s", ".3f"),
            ("x plainK", "x_plainK", ".3f"), ("x full", "x_plainK_full_depth_est", ".3f"),
            ("x bil", "x_bilinear", ".2f"), ("cpu x bil", "x_bilinear_cpu", ".2f"), ("util", "cpu_util", ".2f"),
            ("peak MiB", "peak_mib", ".1f"), ("est MiB", "estimated_mib", ".1f"), ("budget", "budget_mib", ".1f"),
-           ("mem x bil", "mem_x_bilinear", ".2f"))
+           ("mem x bil", "mem_x_bilinear", ".2f"), ("x fp32", "x_fp32", ".2f"), ("max |d|", "max_abs_diff", ".2e"),
+           ("mean |d|", "mean_abs_diff", ".2e"), ("cos mean", "cosine_mean", ".5f"), ("cos min", "cosine_min", ".4f"))
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -233,11 +305,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time separate plain batched forwards of K images up to this size (0 = off)")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per cell (best is reported)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="fp32",
+                   help="comma-separated compute dtypes, e.g. bf16: every cell in fp32 (the reference, always run) and "
+                        "in each of these, with time ratios and agreement against fp32")
     p.add_argument("--quick", action="store_true", help="smoke run: ViT-S, 224 px, K 1 and 4 (K=4 budgeted)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.sizes, args.ks, args.plain_batched_max_size = ["S"], [224], [1, 4], 224
         args.budget_chunk = 2
+    from sam2_vitplug.precision import check_dtype
+
+    try:
+        dtypes = [check_dtype(d, "cpu") for d in args.dtype.split(",") if d.strip()]
+    except ValueError as err:
+        p.error(str(err))
+    args.dtypes = ["fp32"] + [d for d in dict.fromkeys(dtypes) if d != "fp32"]  # fp32: the reference, first
     bad = [m for m in args.models if m not in PRESETS]
     if bad:
         p.error(f"--models must be among {', '.join(PRESETS)}, got {bad}")
@@ -268,9 +350,18 @@ def main(argv: list[str] | None = None) -> int:
                             "memory_method": {"mode": "inprocess", "text": MEM_METHODS["inprocess"]}, "rows": rows}
     for key in args.models:
         model, family, full = build_model(key, args.depth)
-        warm_up(model, family)
+        warm_up(model, family, args.dtypes)
         for size in args.sizes:
-            rows += bench_cell(model, family, full, size, args, probe, key)
+            cell_rows: dict[str, list[dict[str, Any]]] = {}
+            outputs: dict[str, dict[str, Any]] = {}
+            compare = len(args.dtypes) > 1
+            for dtype in args.dtypes:
+                outputs[dtype] = {}
+                cell_rows[dtype] = bench_cell(model, family, full, size, args, probe, key, dtype,
+                                              outputs[dtype] if compare else None)
+                rows += cell_rows[dtype]
+            compare_dtypes(cell_rows, outputs)
+            del outputs
             write_json_atomic(out, data)  # partial results survive an interrupted run
         del model
         gc.collect()

@@ -18,6 +18,15 @@ One run measures three things (``--parts``):
   the synthetic shapes data with a frozen tiny random-weight ViT, validation mIoU beside a
   majority-class baseline measured with the same metric code. Random weights: these numbers
   say the heads learn, not how well a pretrained backbone segments.
+* ``precision`` (with ``--dtype``, e.g. ``--dtype bf16``; fp32 is always the reference):
+  ``predict_scores`` (the ``seg predict``/``eval`` model path: resize, pad, ViT, head, fp32
+  scores) timed on ``--precision-encoder`` (random weights, real size) for every head in
+  fp32, in each reduced dtype, and in that dtype with the ViT weights not pre-cast (autocast
+  re-casting them every call), interleaved repeat by repeat in one run so that machine load
+  hits every variant alike; ``x_fp32`` is the median time over fp32's. Agreement: the
+  largest score difference and the share of pixels whose class differs, on that random model
+  and on each head trained briefly on the synthetic shapes with the tiny ViT (the ``learning``
+  heads when that part ran, else ``--precision-epochs`` epochs), with the mIoU in each dtype.
 
     HF_HUB_OFFLINE=1 python tools/bench_seghead.py --out bench_out/seghead.json
 """
@@ -42,10 +51,12 @@ from benchmem import MemProbe  # noqa: E402
 from make_synthetic_dataset import DatasetSpec, make_dataset  # noqa: E402
 
 from sam2_vitplug.cli import default_device  # noqa: E402
-from sam2_vitplug.heads.data import load_mask, pair_paths, write_class_masks_from_coco  # noqa: E402
+from sam2_vitplug.heads import infer  # noqa: E402
+from sam2_vitplug.heads.data import load_mask, load_rgb, pair_paths, write_class_masks_from_coco  # noqa: E402
 from sam2_vitplug.heads.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
-from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, read_checkpoint  # noqa: E402
+from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, load_seg_model, read_checkpoint  # noqa: E402
 from sam2_vitplug.heads.train import TrainConfig, train  # noqa: E402
+from sam2_vitplug.precision import DTYPES, check_dtype  # noqa: E402
 
 HEADS = ("linear", "upernet", "mask2former")
 # a linear probe wants a larger step than the deeper heads (measured: linear 1e-3 -> val mIoU
@@ -196,6 +207,92 @@ def bench_learning(args, device, data, encoder, work: Path) -> dict[str, Any]:
     return result
 
 
+# ---- reduced precision -----------------------------------------------------------------------
+def score_agreement(low: torch.Tensor, full: torch.Tensor) -> dict[str, float]:
+    """Largest score difference (absolute and over the largest fp32 score) and the share of
+    pixels whose argmax class differs, for ``(K, H, W)`` fp32 score maps."""
+    diff = (low - full).abs().max()
+    return {"max_abs_score_diff": float(diff), "rel_max_score_diff": float(diff / full.abs().max().clamp_min(1e-30)),
+            "pixels_differing": float((low.argmax(0) != full.argmax(0)).float().mean())}
+
+
+def bench_precision_speed(args, device: torch.device) -> list[dict[str, Any]]:
+    """``predict_scores`` per head and dtype on one real-size random-weight model, the variants
+    interleaved repeat by repeat."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    rgb = (torch.rand(args.image_size, args.image_size, 3, generator=gen) * 255).to(torch.uint8).numpy()
+    for head in args.heads:
+        torch.manual_seed(0)
+        cfg = SegModelConfig(head=head, encoder=args.precision_encoder, num_classes=args.num_classes,
+                             image_size=args.image_size, random_init=not os.path.isdir(args.precision_encoder),
+                             head_overrides=list(args.head_opt.get(head, [])))
+        model = build_seg_model(cfg, device=device).eval()
+        variants: dict[str, Callable[[], torch.Tensor]] = {"fp32": lambda: infer.predict_scores(model, rgb)}
+        for dtype in args.dtypes[1:]:
+            variants[dtype] = lambda d=dtype: infer.predict_scores(model, rgb, dtype=d)
+            # bench-only: autocast without pre-casting (the frozen ViT's weights re-cast every forward)
+            variants[f"{dtype}_noprecast"] = lambda d=dtype: infer._predict_scores(model, rgb, "resize", 1 / 3,
+                                                                                  DTYPES[d])
+        outputs = {name: timed(fn, device)[0] for name, fn in variants.items()}  # warm-up, and the outputs
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, fn in variants.items():
+                times[name].append(timed(fn, device)[1])
+        fp32_s = median(times["fp32"])
+        for name in variants:
+            row = {"encoder": args.precision_encoder, "head": head, "image_size": args.image_size,
+                   "dtype": name.split("_")[0], "precast": not name.endswith("_noprecast"), "variant": name,
+                   "seconds": median(times[name]), "times_s": times[name], "x_fp32": median(times[name]) / fp32_s}
+            if name != "fp32":
+                row.update(score_agreement(outputs[name], outputs["fp32"]))
+            rows.append(row)
+            print(f"  {args.precision_encoder:<14} {head:<12} {name:<16} {row['seconds']:7.3f}s  x fp32 "
+                  f"{row['x_fp32']:.3f}" + (f"  pixels differing {row['pixels_differing']:.2e}" if name != "fp32"
+                                            else ""), flush=True)
+        del model, outputs
+    return rows
+
+
+def bench_precision_agreement(args, device, data, encoder, work: Path, learned: bool) -> dict[str, Any]:
+    """mIoU and per-pixel agreement of every dtype with fp32 on trained heads (validation set)."""
+    pairs = pair_paths(data["val_images"], data["val_masks"])
+    result: dict[str, Any] = {}
+    for head in args.heads:
+        ckpt = work / f"learn_{head}" / "best.pt"
+        epochs = None
+        if not learned:
+            epochs = args.precision_epochs
+            model_cfg = SegModelConfig(head=head, encoder=encoder, num_classes=5, image_size=args.data_size,
+                                       head_overrides=LEARN_HEAD_OPTS[head])
+            cfg = TrainConfig(image_paths=data["train_images"], mask_paths=data["train_masks"], epochs=epochs,
+                              warmup_epochs=1, lr=LEARN_LR.get(head, 1e-3), batch_size=8, num_workers=0,
+                              device=str(device), progress=False, checkpoint_dir=str(work / f"prec_{head}"))
+            train(model_cfg, cfg)
+            ckpt = work / f"prec_{head}" / "last.pt"
+        model = load_seg_model(ckpt, device=device)
+        entry: dict[str, Any] = {"checkpoint": "learning best.pt" if learned else f"{epochs} epochs",
+                                 "images": len(pairs)}
+        full_scores = [infer.predict_scores(model, load_rgb(image)) for image, _ in pairs]
+        for dtype in args.dtypes:
+            metrics = metrics_from_confusion(infer.evaluate(model, pairs, dtype=dtype))
+            cell: dict[str, Any] = {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"]}
+            if dtype != "fp32":
+                low_scores = [infer.predict_scores(model, load_rgb(image), dtype=dtype) for image, _ in pairs]
+                agree = [score_agreement(lo, hi) for lo, hi in zip(low_scores, full_scores)]
+                pixels = [lo.argmax(0).numel() for lo in low_scores]
+                cell.update(mIoU_diff=metrics["mIoU"] - entry["fp32"]["mIoU"],
+                            max_abs_score_diff=max(a["max_abs_score_diff"] for a in agree),
+                            rel_max_score_diff=max(a["rel_max_score_diff"] for a in agree),
+                            pixels_differing=sum(a["pixels_differing"] * n for a, n in zip(agree, pixels)) / sum(pixels))
+            entry[dtype] = cell
+            print(f"  {head:<12} {dtype:<5} val mIoU {cell['mIoU']:.4f}" + (
+                f"  diff {cell['mIoU_diff']:+.2e}  pixels differing {cell['pixels_differing']:.2e}  max |score diff| "
+                f"{cell['max_abs_score_diff']:.2e}" if dtype != "fp32" else ""), flush=True)
+        result[head] = entry
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON output path")
@@ -218,11 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learn-epochs", type=int, default=15, help="fixed, so every head gets the same budget")
     parser.add_argument("--learn-lr", type=float, default=None, help="one lr for every head (default: per head)")
     parser.add_argument("--learn-encoder", default=None, help="default: a tiny random ViT (hidden 32, 4 blocks)")
+    parser.add_argument("--dtype", default="fp32",
+                        help="comma-separated compute dtypes compared with fp32 in the precision part (e.g. bf16); "
+                             "fp32 alone skips it")
+    parser.add_argument("--precision-encoder", default="dinov3_base",
+                        help="real-size geometry (random weights) for the precision timing")
+    parser.add_argument("--precision-epochs", type=int, default=3,
+                        help="epochs of the heads whose agreement is measured, when the learning part does not run")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
-    unknown = set(parts) - {"throughput", "cache", "learning"}
+    unknown = set(parts) - {"throughput", "cache", "learning", "precision"}
     if unknown:
-        parser.error(f"unknown --parts {sorted(unknown)}; choose from throughput, cache, learning")
+        parser.error(f"unknown --parts {sorted(unknown)}; choose from throughput, cache, learning, precision")
     args.encoders = [e for e in args.encoders.split(",") if e]
     args.heads = [h for h in args.heads.split(",") if h]
     opts: dict[str, list[str]] = {}
@@ -232,16 +336,25 @@ def main(argv: list[str] | None = None) -> int:
     args.head_opt = opts
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device or default_device())
+    try:
+        dtypes = [check_dtype(d, device) for d in args.dtype.split(",") if d.strip()]
+    except ValueError as err:
+        parser.error(str(err))
+    args.dtypes = ["fp32"] + [d for d in dict.fromkeys(dtypes) if d != "fp32"]  # fp32: the reference, first
+    if len(args.dtypes) > 1 and "precision" not in parts:
+        parts.append("precision")
     report: dict[str, Any] = {
         "machine": machine_info(device),
         "args": {k: v for k, v in vars(args).items()},
+        "dtypes": args.dtypes,
     }
     with tempfile.TemporaryDirectory(prefix="bench_seghead_") as tmp:
         work = Path(tmp)
         if "throughput" in parts:
             print(f"throughput at {args.image_size}px, batch {args.batch_size}, {device}:", flush=True)
             report["throughput"] = bench_throughput(args, device)
-        if "cache" in parts or "learning" in parts:
+        precision = "precision" in parts and len(args.dtypes) > 1
+        if "cache" in parts or "learning" in parts or precision:
             data = make_shapes(work / "shapes", args.train_images, args.val_images, args.data_size)
         if "cache" in parts:
             report["cache"] = bench_cache(args, device, data, args.cache_encoder, work)
@@ -250,6 +363,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"learning on synthetic shapes ({args.train_images} train / {args.val_images} val, "
                   f"{args.data_size}px, frozen {'tiny random ViT' if not args.learn_encoder else encoder}):", flush=True)
             report["learning"] = bench_learning(args, device, data, encoder, work)
+        if precision:
+            print(f"precision: predict_scores at {args.image_size}px on {args.precision_encoder} (random weights), "
+                  f"{', '.join(args.dtypes)}:", flush=True)
+            report["precision"] = {"loadavg_start": loadavg(), "speed": bench_precision_speed(args, device)}
+            encoder = args.learn_encoder or (work / "tiny_vit" if (work / "tiny_vit").is_dir()
+                                             else make_tiny_vit(work / "tiny_vit"))
+            print("precision: agreement with fp32 on heads trained on the synthetic shapes:", flush=True)
+            report["precision"]["agreement"] = bench_precision_agreement(args, device, data, str(encoder), work,
+                                                                         learned="learning" in parts)
+            report["precision"]["loadavg_end"] = loadavg()
     report["machine"]["loadavg_end"] = loadavg()
     if "throughput" in report:
         print()
@@ -260,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['cached_step_speedup']:.2f}",
                               *("n/a" if v is None else f"{v:.0f}" for v in r["peak_mem_MiB"].values())]
                              for r in report["throughput"]])
+    if "precision" in report:
+        print()
+        print_table(["encoder", "head", "variant", "s", "x fp32", "max |score diff|", "pixels differing"],
+                    [[r["encoder"], r["head"], r["variant"], f"{r['seconds']:.3f}", f"{r['x_fp32']:.3f}",
+                      f"{r.get('max_abs_score_diff', 0):.2e}", f"{r.get('pixels_differing', 0):.2e}"]
+                     for r in report["precision"]["speed"]])
     write_json_atomic(args.out, report)
     print(f"\nwrote {args.out}")
     return 0
