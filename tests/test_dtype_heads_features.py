@@ -225,6 +225,8 @@ def test_bench_hr_features_dtype_rows(tmp_path):
     data = json.loads(out.read_text())
     assert data["summary"]["dtypes"] == ["bf16", "fp32"]
     low = [r for r in data["rows"] if r["dtype"] == "bf16"]
-    assert {r["variant"] for r in low} == {"bilinear", "tavg1", "tavg4", "tavg4_noprecast"}
+    assert {r["variant"] for r in low} == {"bilinear", "tavg1", "tavg4", "tavg4_noprecast", "tavg4_model_cast"}
     for row in low:
-        assert row["x_fp32"] > 0 and row["cosine_mean"] >= COSINE_MIN and row["rel_max_diff"] <= REL_TOL
+        assert row["x_fp32"] > 0 and row["cosine_mean"] >= COSINE_MIN, row["variant"]
+        if not row["variant"].endswith("_model_cast"):  # autocast; the all-bf16 model is measured, not bounded
+            assert row["rel_max_diff"] <= REL_TOL, row["variant"]

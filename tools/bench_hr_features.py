@@ -29,7 +29,9 @@ per call, the averaging in fp32). Each reduced-precision row carries ``x_fp32`` 
 the fp32 row of the same cell) and the agreement of its output with fp32's: max and mean
 absolute difference, the max relative to the largest fp32 value, and the cosine similarity of
 the C-dimensional feature vectors (mean and min over positions). The largest K is also timed
-with pre-casting off (``tavgK_noprecast``: autocast re-casts the frozen weights every forward).
+with pre-casting off (``tavgK_noprecast``: autocast re-casts the frozen weights every forward)
+and with the whole ViT cast to the low dtype instead of autocast (``tavgK_model_cast``: norms,
+residual stream and position tables in bf16 too, averaging still fp32).
 ``--models T`` is a tiny DINOv2 (hidden 32, 4 blocks, the test fixtures' geometry).
 
 Depth: ``--depth N`` keeps N transformer blocks (default 1) so that ViT-L at 1344 px with
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import logging
 import os
@@ -61,6 +64,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import fmt, machine_info, print_table, timed, write_json_atomic  # noqa: E402
 from benchmem import MEM_METHODS, MemProbe  # noqa: E402
+
+from sam2_vitplug.precision import DTYPES  # noqa: E402
 
 log = logging.getLogger("bench_hr_features")
 PRESETS = {"T": "tiny", "S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
@@ -197,6 +202,13 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
                                                                              "forwards": plan.forwards})
                 finally:
                     hrf.precast_linear_weights = real
+                # the alternative to autocast: the whole ViT cast to the low dtype (norms, residual
+                # stream and position tables too), fp32 averaging; fastest, least exact
+                cast = copy.deepcopy(model).to(DTYPES[dtype])
+                ext_cast = hrf.HRFeatureExtractor(cast, family, transforms=k, memory_budget=ext.memory_budget)
+                run(f"tavg{k}_model_cast", lambda ext=ext_cast: ext(x.to(DTYPES[dtype]), target).float(),
+                    {"transforms": k, "chunk": plan.chunk, "forwards": plan.forwards})
+                del cast, ext_cast
             full_vit = row["vit_s"] * scale_full
             row["x_plainK_full_depth_est"] = (row["other_s"] + full_vit) / full_vit if row["vit_s"] else None
             row["x_bilinear"] = row["seconds"] / bil["seconds"]
@@ -244,7 +256,7 @@ def compare_dtypes(cell_rows: dict[str, list[dict[str, Any]]], outputs: dict[str
             continue
         for row in rows:
             variant = row["variant"]
-            ref = ref_rows.get(variant.replace("_noprecast", ""))
+            ref = ref_rows.get(variant.replace("_noprecast", "").replace("_model_cast", ""))
             if ref is None:
                 continue
             row["x_fp32"] = row["seconds"] / ref["seconds"]

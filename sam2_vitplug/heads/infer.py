@@ -90,6 +90,7 @@ def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", ov
         return _predict_scores(model, rgb, mode, overlap, None if name == "fp32" else DTYPES[name])
 
 
+@torch.no_grad()
 def _predict_scores(model: SegModel, rgb: np.ndarray, mode: str, overlap: float,
                     autocast: torch.dtype | None) -> torch.Tensor:
     model.eval()
