@@ -74,7 +74,7 @@ def test_settings_errors_name_the_setting():
 
 def test_argv_is_what_the_cli_parses(tmp_path):
     from sam2_vitplug.cli import build_parser
-    from sam2_vitplug.matching.cli import cmd_memory, cmd_run
+    from sam2_vitplug.cli.fewshot import cmd_memory, cmd_run
 
     ctx = Context(tmp_path / "imgs", tmp_path / "out", "sam2_vit_demo", None, ("a=b",), "cpu")
     s = Settings.parse(SETTINGS)

@@ -523,7 +523,7 @@ def test_features_bad_sizes_and_images_are_one_line(tiny_models, tmp_path, capsy
 
 
 def test_pca_picture_is_deterministic_and_follows_the_main_component():
-    from sam2_vitplug.features_cli import pca_rgb
+    from sam2_vitplug.feature_maps import pca_rgb
 
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 20), torch.linspace(-1, 1, 30), indexing="ij")
     feats = torch.stack([5 * xx, 2 * yy, 0.1 * xx * yy, torch.zeros_like(xx)])

@@ -139,7 +139,7 @@ def test_torchrun_two_processes_split_and_merge(tmp_path, shapes):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
-    multi = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sam2_vitplug.matching.cli",
+    multi = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sam2_vitplug.cli", "fewshot",
                             *run, "--out", str(tmp_path / "multi.json")], env=env, capture_output=True, text=True,
                            timeout=180)
     assert multi.returncode == 0, multi.stderr[-3000:]

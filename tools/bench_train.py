@@ -112,7 +112,7 @@ def _run_cell(name: str, flags: dict, extra: list[str], data: Path, args) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sam2_vitplug.cli import default_device
+    from sam2_vitplug.devices import default_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/bench_train.json", help="JSON output path")

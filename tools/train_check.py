@@ -132,7 +132,7 @@ def _evaluate_run(run: dict, val):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sam2_vitplug.cli import default_device
+    from sam2_vitplug.devices import default_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/train_check.json", help="JSON report path")

@@ -1,52 +1,16 @@
-"""``sam2-vitplug export``: a trainer checkpoint -> a model-only checkpoint for ``build_sam2``."""
+"""Deprecated alias: ``python -m training_ext.export_cli CKPT --out OUT`` is ``sam2-vitplug export
+CKPT --out OUT`` (the command lives in :mod:`sam2_vitplug.cli.export`)."""
 
-from __future__ import annotations
+import sys
 
-import argparse
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export`` subcommand."""
-    p = subparsers.add_parser("export", help="write a clean model-only checkpoint from a training_ext run")
-    p.add_argument("checkpoint", help="the trainer's checkpoint, e.g. sam2_logs/<run>/checkpoints/checkpoint.pt")
-    p.add_argument("--out", required=True, help="output .pt (for build_sam2) or .safetensors")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--verify", action="store_true", help="rebuild the model with build_sam2 from the export")
-    p.add_argument("--device", default=None, help="device for --verify (default: the best available)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from sam2_vitplug.devices import parse_device
-
-    from .export import build_exported, export_checkpoint
-
-    device = parse_device(args.device) if args.verify else None  # a bad --device fails before anything is written
-    meta = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {meta['tensors']} tensors, steps {meta['steps']}")
-    info = meta["build_sam2"]
-    if info:
-        overrides = ", ".join(repr(o) for o in info["overrides"])
-        print(f"load with: build_sam2({info['config']!r}, ckpt_path={args.out!r}, hydra_overrides_extra=[{overrides}])")
-    if args.verify:
-        model = build_exported(args.out, device=device)
-        print(f"verified: build_sam2 loaded {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters strictly")
-    return 0
+from sam2_vitplug.cli.export import register, run  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training_ext.export_cli CKPT --out OUT`` (same as ``sam2-vitplug export``)."""
-    import logging
-    import sys
+    """``sam2-vitplug export ...`` under its old name."""
+    from sam2_vitplug.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m training_ext.export_cli")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,152 +1,23 @@
-"""``python -m training_ext.train``: upstream SAM 2 training with ``--encoder-*`` flags.
+"""``python -m training_ext.train ...`` and ``python training_ext/train.py ...``: the same as
+``sam2-vitplug train ...`` (flags and code in ``sam2_vitplug/cli/train.py``).
 
-    python -m training_ext.train --config configs/training/image_png_finetune.yaml \\
-        --encoder-type dino --encoder-ckpt facebook/dinov2-large --encoder-out-dims 1024,1024,1024,1024 \\
-        dataset.img_folder=/data/JPEGImages dataset.gt_folder=/data/Annotations
-
-The flags and ``key=value`` overrides are applied when composing the overlay; the composed
-config is written to ``<experiment_log_dir>/launch/<overlay>.yaml`` and handed to upstream
-``training.train.main`` unchanged, so launching is upstream's: ``single_node_runner`` (one
-process per ``--num-gpus``, gloo on CPU) locally, submitit/SLURM with ``--use-cluster 1``.
-Re-running the same command resumes from ``<experiment_log_dir>/checkpoints/checkpoint.pt``.
+This file is an entry point, kept where upstream's users look for it (upstream runs
+``python training/train.py``); the composing and launching live in ``compose.py`` and
+``launch.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import Sequence
 
 if not __package__:  # run as a file (python training_ext/train.py): import as the package it is part of
     _HERE = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]  # no top-level 'compose', ...
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "training_ext"  # noqa: A001 - lets the relative imports below resolve
+    __package__ = "training_ext"  # noqa: A001
 
-from .compose import LaunchRequest, compose_training_config, list_overlays  # noqa: E402
-from .flags import DTYPES, UPSAMPLE_MODES, EncoderFlags  # noqa: E402
-
-logger = logging.getLogger(__name__)
-
-
-def encoder_type_choices() -> list[str]:
-    """``--encoder-type`` choices: the ``sam2_vitplug.encoders`` entry points."""
-    from sam2_vitplug.encoders import list_encoder_types
-
-    return list_encoder_types()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from sam2_vitplug.cli import HelpFormatter
-
-    parser = argparse.ArgumentParser(
-        prog="python -m training_ext.train", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog="overlays: " + ", ".join(list_overlays()))
-    parser.add_argument("-c", "--config", required=True,
-                        help="training overlay: configs/training/<name>.yaml, training/<name>.yaml or an upstream name")
-    enc = parser.add_argument_group("encoder (become Hydra overrides on model.image_encoder.trunk)")
-    enc.add_argument("--encoder-type", choices=encoder_type_choices(), default=None,
-                     help="trunk family; 'hiera' switches to upstream's Hiera model option")
-    enc.add_argument("--encoder-ckpt", default=None, help="ViT weights: preset name, hub id, local dir or a Meta checkpoint (DINOv2/DINOv3 .pth, "
-                          "I-JEPA .pth.tar, FILE.pth.tar#encoder for its context encoder)")
-    enc.add_argument("--encoder-out-dims", default=None, metavar="C32,C16,C8,C4",
-                     help="pyramid channels, low-res first; the neck's backbone_channel_list follows")
-    enc.add_argument("--encoder-upsample-mode", choices=UPSAMPLE_MODES, default=None,
-                     help="how the stride 8/4 maps are built (default: the config's, bilinear)")
-    enc.add_argument("--no-refine-highres", action="store_true", help="no refinement blocks on the stride 8/4 maps")
-    enc.add_argument("--freeze-vit", action="store_true", help="no gradients through the ViT (pyramid, neck, heads train)")
-    enc.add_argument("--force-dtype", choices=DTYPES, default=None, help="ViT compute dtype")
-    enc.add_argument("--vit-verbose", action="store_true", help="print the trunk's shapes once per input size")
-    parser.add_argument("--sam2-ckpt", default=None,
-                        help="official SAM 2 checkpoint for prompt encoder, mask decoder and memory modules "
-                             "(the ViT trunk and neck convs are skipped)")
-    parser.add_argument("--init-ckpt", default=None,
-                        help="start from every tensor of a checkpoint of this same model (strict), e.g. an export")
-    parser.add_argument("--device", default=None,
-                        help="cuda or cpu (default: cuda if available, else cpu); cpu uses training_ext's CPUTrainer")
-    parser.add_argument("--experiment-dir", default=None,
-                        help="launcher.experiment_log_dir (default: the overlay's, else ./sam2_logs/<overlay>)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit (dataset paths and checkpoint contents unchecked)")
-    up = parser.add_argument_group("upstream training.train flags (passed through unchanged)")
-    up.add_argument("--use-cluster", type=int, default=None, help="0: run locally, 1: submit with submitit/SLURM")
-    up.add_argument("--partition", default=None, help="SLURM partition")
-    up.add_argument("--account", default=None, help="SLURM account")
-    up.add_argument("--qos", default=None, help="SLURM qos")
-    up.add_argument("--num-gpus", type=int, default=None, help="processes per node (gloo processes on CPU)")
-    up.add_argument("--num-nodes", type=int, default=None, help="number of nodes")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra Hydra overrides")
-    return parser
-
-
-def request_from_args(args: argparse.Namespace) -> LaunchRequest:
-    """The :class:`LaunchRequest` for parsed command-line ``args``."""
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must look like key=value, got {bad}")
-    if args.num_gpus is not None and args.num_gpus < 1:
-        raise ValueError(f"--num-gpus must be >= 1, got {args.num_gpus}")
-    if args.num_nodes is not None and args.num_nodes < 1:
-        raise ValueError(f"--num-nodes must be >= 1, got {args.num_nodes}")
-    flags = EncoderFlags(
-        encoder_type=args.encoder_type, encoder_ckpt=args.encoder_ckpt, encoder_out_dims=args.encoder_out_dims,
-        encoder_upsample_mode=args.encoder_upsample_mode, no_refine_highres=args.no_refine_highres,
-        freeze_vit=args.freeze_vit, force_dtype=args.force_dtype, vit_verbose=args.vit_verbose,
-    )
-    return LaunchRequest(config=args.config, overrides=list(args.overrides), flags=flags, device=args.device,
-                         sam2_ckpt=args.sam2_ckpt, init_ckpt=args.init_ckpt, experiment_dir=args.experiment_dir,
-                         check_paths=not args.print_config)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from sam2_vitplug.atomic import atomic_target
-
-    with atomic_target(path) as tmp:
-        tmp.write_text(text)
-
-
-def launch(cfg, args: argparse.Namespace) -> None:
-    """Hand the composed ``cfg`` to upstream ``training.train.main`` (local or submitit)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-    from training import train as upstream_train
-
-    launch_dir = Path(cfg.launcher.experiment_log_dir) / "launch"
-    name = Path(args.config).stem + ".yaml"
-    _write_atomic(launch_dir / name, OmegaConf.to_yaml(cfg))
-    # upstream main composes args.config itself: point Hydra at the fully composed file
-    GlobalHydra.instance().clear()
-    initialize_config_dir(str(launch_dir), version_base="1.2")
-    upstream_args = argparse.Namespace(
-        config=name, use_cluster=bool(args.use_cluster) if args.use_cluster is not None else None,
-        partition=args.partition, account=args.account, qos=args.qos, num_gpus=args.num_gpus,
-        num_nodes=args.num_nodes,
-    )
-    upstream_train.main(upstream_args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
-
-    parser = build_parser()
-    args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = compose_training_config(request_from_args(args))
-        if args.print_config:
-            print(OmegaConf.to_yaml(cfg, resolve=True))
-            return 0
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err.args[0] if isinstance(err, KeyError) else err}\n")
-    launch(cfg, args)
-    return 0
-
+from sam2_vitplug.cli.train import build_parser, encoder_type_choices, main, request_from_args  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

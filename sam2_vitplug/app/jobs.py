@@ -174,7 +174,9 @@ def write_targets(ctx: Context, names: Sequence[str] | None, categories: list[di
 def call_cli(argv: list[str]) -> None:
     """Parse ``argv`` with the CLI's parser and call its command, as ``sam2-vitplug`` does; a user
     error comes out as ``ValueError`` with the one-line message the CLI would print."""
-    from ..cli import _user_error, build_parser, parse_device
+    from ..cli import build_parser
+    from ..devices import parse_device
+    from ..errors import one_line, user_error
 
     try:
         args = build_parser().parse_args(argv)
@@ -185,11 +187,10 @@ def call_cli(argv: list[str]) -> None:
     try:
         code = args.func(args)
     except Exception as err:  # noqa: BLE001 - reduced like the CLI's main
-        cause = _user_error(err)
+        cause = user_error(err)
         if cause is None:
             raise
-        message = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
-        raise ValueError(str(message)) from err
+        raise ValueError(one_line(cause)) from err
     if code:
         raise ValueError(f"'{argv[0]} {argv[1]}' exited with code {code}")
 

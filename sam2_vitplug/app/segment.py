@@ -1,7 +1,7 @@
 """Interactive SAM2: points and boxes from the page to a mask, through the library's predictor.
 
 Why a separate module: the model is built once, lazily (the page opens before it is ready), by
-the same helper ``fewshot`` uses for its SAM2 (``matching.cli._build_sam2``, so a config name
+the same helper ``fewshot`` uses for its SAM2 (``sam2_presets.build_named_sam2``, so a config name
 means the same thing in both), wrapped by :func:`sam2_vitplug.build.make_image_predictor`. One
 lock: upstream's predictor holds one image at a time.
 """
@@ -65,9 +65,10 @@ class Segmenter:
     def _ready(self):
         if self._predictor is None:
             from ..build import make_image_predictor
-            from ..matching.cli import _build_sam2
+            from ..sam2_presets import build_named_sam2
 
-            self._predictor = make_image_predictor(_build_sam2(self._args, self._device))
+            a = self._args
+            self._predictor = make_image_predictor(build_named_sam2(a.sam2_config, a.sam2_ckpt, self._device, a.sam2_override))
         return self._predictor
 
     def preload(self) -> None:

@@ -196,9 +196,9 @@ def make_handler(app: App, allowed_hosts: set[str] | None) -> type[BaseHTTPReque
             except BadRequest as err:
                 self._error(HTTPStatus.BAD_REQUEST, str(err))
             except Exception as err:  # noqa: BLE001 - the page gets one line, the log the traceback
-                from ..cli import _user_error
+                from ..errors import user_error
 
-                cause = _user_error(err)  # the library's one-line user errors, as the CLI finds them
+                cause = user_error(err)  # the library's one-line user errors, as the CLI finds them
                 if cause is not None:
                     return self._error(HTTPStatus.BAD_REQUEST, str(cause.args[0] if isinstance(cause, KeyError)
                                                                    and cause.args else cause))

@@ -1,4 +1,4 @@
-"""Reading images and COCO files; writing files atomically (temporary name, then rename) with
+"""Reading COCO files (images: :mod:`sam2_vitplug.images`); writing files atomically (temporary name, then rename) with
 the permissions a plain ``open()`` would give (the umask's), not ``mkstemp``'s private 0600."""
 
 from __future__ import annotations
@@ -8,25 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..atomic import atomic_target, atomic_write_bytes, file_mode  # noqa: F401 - the writers live there
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB; grayscale, palette and RGBA are converted
-    (alpha is dropped, not composited: the matcher sees the stored colours)."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image '{path}' does not exist; check --images and the file_name in the COCO json")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated (OSError), unidentified, corrupt chunks
-        raise ValueError(f"image '{path}' cannot be decoded ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
-                         "it is truncated or not an image; re-export it or remove it") from err
+from ..images import load_rgb  # noqa: F401 - image reading lives there
 
 
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
