@@ -91,3 +91,82 @@ def full_precision(device: str | torch.device) -> Iterator[None]:
     NMS, merging, scoring) run inside this context on fp32 inputs."""
     with torch.autocast(device_type(device), enabled=False):
         yield
+
+
+# ---- pre-cast frozen weights (added for the few-shot path; see docs/precision.md) ------------
+# Under autocast every matmul re-casts its fp32 weight to the compute dtype on every call: the
+# autocast weight cache only holds leaf tensors that require grad, and inference weights do not.
+# For a ViT-L that is 0.6 GB of casts per forward; for the prompt decoder, every weight once per
+# sub-batch of prompts. ``lowp_weights`` swaps cached low-precision copies of the frozen
+# Linear/Conv weights in for the duration of a call: autocast would have produced exactly these
+# tensors (the same round-to-nearest cast), so results are unchanged and the casts happen once.
+_LOWP_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+_CACHE_ATTR = "_sam2_vitplug_lowp_cache"
+_precast_state = {"enabled": True}
+
+
+def precast_enabled() -> bool:
+    """Whether :func:`lowp_weights` swaps in cached copies (True unless switched off, e.g. by a
+    benchmark measuring what pre-casting saves)."""
+    return _precast_state["enabled"]
+
+
+@contextlib.contextmanager
+def precast(enabled: bool) -> Iterator[None]:
+    """Switch :func:`lowp_weights` on or off inside the block (benchmarks: autocast alone vs
+    autocast with pre-cast weights)."""
+    before = _precast_state["enabled"]
+    _precast_state["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _precast_state["enabled"] = before
+
+
+def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """``(submodule, parameter name, low-precision copy)`` for every frozen fp32 Linear/Conv
+    weight and bias of ``module``; cached on ``module`` and re-cast when a weight was changed
+    in place (its version counter or storage moved), so a loaded checkpoint is never shadowed."""
+    cache = module.__dict__.setdefault(_CACHE_ATTR, {})
+    entries = cache.get(dtype)
+    out = []
+    fresh = []
+    for sub in module.modules():
+        if not isinstance(sub, _LOWP_MODULES):
+            continue
+        for name in ("weight", "bias"):
+            p = sub._parameters.get(name)
+            if p is None or p.dtype != torch.float32 or p.requires_grad:
+                continue
+            fresh.append((sub, name, p))
+    stamps = [(id(sub), name, p.data_ptr(), p._version, p.device) for sub, name, p in fresh]
+    if entries is not None and entries[0] == stamps:
+        return entries[1]
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: usable in and out of inference mode
+        for sub, name, p in fresh:
+            out.append((sub, name, p.detach().to(dtype)))
+    cache[dtype] = (stamps, out)
+    return out
+
+
+@contextlib.contextmanager
+def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None) -> Iterator[None]:
+    """Run ``module`` with cached ``dtype`` copies of its frozen Linear/Conv weights (use inside
+    :func:`autocast`); a no-op for fp32, for ``module=None`` and when :func:`precast` is off.
+
+    Costs one low-precision copy of those weights (half the fp32 size for bf16/fp16), kept on the
+    module. Not thread-safe: the swap is visible to any other thread using ``module`` meanwhile."""
+    name = parse_dtype(dtype)
+    if name == "fp32" or module is None or not precast_enabled():
+        yield
+        return
+    copies = _lowp_copies(module, DTYPES[name])
+    originals = [(sub, pname, sub._parameters[pname]) for sub, pname, _ in copies]
+    try:
+        for sub, pname, copy in copies:
+            sub._parameters[pname] = copy
+        yield
+    finally:
+        for sub, pname, original in originals:
+            sub._parameters[pname] = original

@@ -5,7 +5,7 @@ images -> a :class:`ProposalSource` (``sam2`` or ``ground_truth``) -> :class:`Fe
 (scoring, NMS, soft merging) -> COCO results -> :func:`evaluate`.
 """
 
-from .bank import MemoryBank, build_bank, load_bank, save_bank
+from .bank import MemoryBank, bank_dtype_warning, build_bank, load_bank, save_bank
 from .config import load_config
 from .encoder import HFMatcherEncoder, MatcherEncoder, load_matcher
 from .evaluation import evaluate, format_summary
@@ -19,7 +19,7 @@ from .scoring import assign_labels, class_nms, class_similarity, soft_merge
 
 __all__ = [
     "AdaptiveConfig", "FastMaskDecoder", "FewShotPredictor", "GroundTruthProposals", "HFMatcherEncoder", "ImageEntry", "MatcherEncoder", "MemoryBank",
-    "ProposalSource", "Proposals", "Reference", "SAM2Proposals", "SampleReport", "assign_labels", "build_bank",
+    "ProposalSource", "Proposals", "Reference", "SAM2Proposals", "SampleReport", "assign_labels", "bank_dtype_warning", "build_bank",
     "class_nms", "class_similarity", "dist_info", "evaluate", "format_summary", "images_from_coco",
     "images_from_folder", "load_bank", "load_config", "load_matcher", "make_proposal_source", "run_images",
     "sam2_box_prompter", "sample_references", "save_bank", "soft_merge",

@@ -69,6 +69,23 @@ class MemoryBank:
                 f"`sam2-vitplug fewshot memory --method {method}`"
             )
 
+    @property
+    def dtype(self) -> str:
+        """The compute dtype the bank's vectors were encoded in (``fp32`` for banks that predate
+        the record: everything was fp32 then)."""
+        return str(self.meta.get("dtype", "fp32"))
+
+    def dtype_warning(self, dtype: str) -> str | None:
+        """One line for stderr when this run computes in another dtype than the bank was built
+        in (allowed: prototypes move by ~1e-3 relative in bf16, see docs/precision.md), else None."""
+        from ..precision import parse_dtype
+
+        run = parse_dtype(dtype)
+        if run == self.dtype:
+            return None
+        return (f"warning: the memory bank was built in {self.dtype} and this run computes in {run}; "
+                f"scores may differ slightly from an all-{run} run (rebuild the bank with --dtype {run} to match)")
+
     def check_encoder(self, matcher: MatcherEncoder) -> None:
         """Raise ``ValueError`` if the bank was built with another encoder or input size."""
         if self.meta.get("encoder") != matcher.identity or int(self.meta.get("input_size", -1)) != matcher.input_size:
@@ -171,7 +188,9 @@ def build_bank(
     un-normalised nearest-sampled means) or ``vitplug`` (padded ``roi_align`` square crop, area
     pooling, unit instance vectors). The prototype is always the normalised mean of the
     instance vectors. Every reference image is read and every mask decoded before encoding
-    starts, so missing files and empty masks fail before any work is done.
+    starts, so missing files and empty masks fail before any work is done. The bank records the
+    matcher's ``compute_dtype`` (``meta["dtype"]``; fp32 for matchers without one); pooling and
+    prototypes are fp32 whatever it is.
     """
     for key, value in (("memory.crop", crop), ("memory.pooling", pooling)):
         if value not in MEMORY_CHOICES:
@@ -214,7 +233,7 @@ def build_bank(
     # the method a run must use with this bank: the pooling decides what the vectors mean
     # (un-normalised means for ntt, unit vectors for vitplug); an explicit meta["method"] wins
     info = {"format": BANK_FORMAT, "encoder": matcher.identity, "encoder_weights_sha256": matcher_weights_sha256(matcher),
-            "input_size": size, "context": context,
+            "input_size": size, "context": context, "dtype": str(getattr(matcher, "compute_dtype", "fp32")),
             "crop": crop, "pooling": pooling, "method": "ntt" if pooling == "ntt" else "vitplug",
             "dim": int(instances.shape[1]), "num_instances": len(refs),
             "ann_ids": [r.ann_id for r in refs], **(meta or {})}
@@ -286,3 +305,9 @@ def load_bank(path: str | os.PathLike, matcher: MatcherEncoder | None = None) ->
     if matcher is not None:
         bank.check_encoder(matcher)
     return bank
+
+
+def bank_dtype_warning(bank: MemoryBank, dtype: str) -> str | None:
+    """:meth:`MemoryBank.dtype_warning`: the line to print when ``bank`` was built in another
+    dtype than ``dtype``, or None."""
+    return bank.dtype_warning(dtype)

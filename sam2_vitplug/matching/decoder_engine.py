@@ -26,7 +26,19 @@ or retrained) in a different execution order:
   buffers: fresh multi-MiB tensors per prompt page-fault on CPU.
 
 Results equal upstream's up to float32 reassociation (see ``tests/test_decoder_engine.py``
-for the stated tolerance). Point (and box-corner) prompts only: there is no mask-input path.
+for the stated tolerance).
+
+Reduced precision (``dtype="bf16"``/``"fp16"``, docs/precision.md): the transformer's matmuls,
+the per-image projections and the upscaling convolutions run under autocast, and the per-prompt
+image tokens (the two work buffers, the reassociated attention's operands) are held in that
+dtype, which halves the memory traffic that dominates this stage. These stay fp32: the prompt
+encoder (its random Fourier features take ``sin`` of arguments up to ~20, where bf16 rounding
+would move the result by ~0.1), the dense positional encoding, the prompt/output token stream
+(8 tokens: residual sums are fp32, as upstream's under autocast), the IoU, object-score and
+hypernetwork heads (so the ``iou_thr`` test compares fp32 numbers), and the final
+hypernetwork x upscaled-features product, accumulated in fp32 into fp32 mask logits. Matmul
+kernels accumulate in fp32 internally; softmax and LayerNorm compute in fp32 on bf16 inputs.
+fp32 runs exactly the code without autocast. Point (and box-corner) prompts only: there is no mask-input path.
 Measured at 1024 px on CPU: 1.9x fewer FLOPs than upstream's execution and 5-8x faster for
 the same prompts (docs/benchmarks.md, ``tools/bench_proposals.py``).
 """
@@ -36,9 +48,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..precision import DTYPES, autocast, full_precision, lowp_weights, parse_dtype
 
 # Per-prompt image tokens in flight at once, in bytes: 4 prompts at 1024 px (4 MiB each), more at
 # smaller sizes. Chosen by measurement (tools/bench_proposals.py --sweep): on CPU, sub-batches
@@ -110,12 +127,16 @@ class FastMaskDecoder:
     ``model`` is a ``SAM2Base``; its ``sam_prompt_encoder`` and ``sam_mask_decoder`` are used as
     they are (weights shared, not copied). Use :meth:`prepare` once per image, then
     :meth:`forward` (upstream ``MaskDecoder.forward`` semantics), :meth:`predict_points` or
-    :meth:`best_masks` per batch of prompts.
+    :meth:`best_masks` per batch of prompts. ``dtype``: ``fp32`` (default, exact) or ``bf16``/``fp16``
+    (what runs in it and what stays fp32: the module docstring).
     """
 
-    def __init__(self, model: nn.Module, *, sub_batch: int | None = None, upscale_tokens: int = UPSCALE_TOKENS) -> None:
+    def __init__(self, model: nn.Module, *, sub_batch: int | None = None, upscale_tokens: int = UPSCALE_TOKENS,
+                 dtype: str = "fp32") -> None:
         if (sub_batch is not None and sub_batch < 1) or upscale_tokens < 1:
             raise ValueError(f"sub_batch and upscale_tokens must be >= 1, got {sub_batch} and {upscale_tokens}")
+        self.compute_dtype = parse_dtype(dtype)
+        self._work_dtype = DTYPES[self.compute_dtype]
         self.prompt_encoder = model.sam_prompt_encoder
         h, w = self.prompt_encoder.image_embedding_size
         per_prompt = h * w * self.prompt_encoder.embed_dim * 4
@@ -127,13 +148,36 @@ class FastMaskDecoder:
             raise NotImplementedError("a two-way transformer without layers is not supported")
         self.obj_offset = 1 if self.decoder.pred_obj_scores else 0
 
+    @property
+    def _exact(self) -> torch.dtype:
+        """The model's own dtype (float32; float64 in the exactness tests): what stays "full precision"."""
+        return self.decoder.iou_token.weight.dtype
+
+    @contextlib.contextmanager
+    def _compute(self) -> Iterator[None]:
+        """Autocast to ``compute_dtype`` with the transformer's frozen weights pre-cast (no-op in fp32)."""
+        device = self.decoder.iou_token.weight.device
+        with autocast(self.compute_dtype, device), lowp_weights(self.decoder.transformer, self.compute_dtype):
+            yield
+
     # ---- per image ---------------------------------------------------------------------------
     @torch.inference_mode()
     def prepare(self, image_embed: torch.Tensor, high_res_features: Sequence[torch.Tensor] | None = None
                 ) -> ImageContext:
         """Shared per-image state from ``image_embed (1, C, h, w)`` and, for models with
         ``use_high_res_features_in_sam``, ``[feat_s0 (1, C/8, 4h, 4w), feat_s1 (1, C/4, 2h, 2w)]``
-        (``SAM2ImagePredictor._features``)."""
+        (``SAM2ImagePredictor._features``). In reduced precision every tensor of the context is
+        held in ``compute_dtype`` (the positional encoding is computed in fp32 first)."""
+        with self._compute():
+            ctx = self._prepare(image_embed, high_res_features)
+        if self._work_dtype == torch.float32:
+            return ctx
+        cast = lambda t: t.to(self._work_dtype)  # noqa: E731
+        return ImageContext(src=cast(ctx.src), pe=cast(ctx.pe), size=ctx.size, first_k=cast(ctx.first_k),
+                            first_v=cast(ctx.first_v), first_q=cast(ctx.first_q), pe_k=[cast(t) for t in ctx.pe_k],
+                            pe_q=[cast(t) for t in ctx.pe_q], up_add1=cast(ctx.up_add1), up_add2=cast(ctx.up_add2))
+
+    def _prepare(self, image_embed: torch.Tensor, high_res_features: Sequence[torch.Tensor] | None) -> ImageContext:
         dec, penc = self.decoder, self.prompt_encoder
         if image_embed.dim() != 4 or image_embed.shape[0] != 1:
             raise ValueError(f"image_embed must be (1, C, h, w) (one image), got {tuple(image_embed.shape)}")
@@ -144,7 +188,8 @@ class FastMaskDecoder:
         # upstream predict_masks: src = image_embeddings + dense_prompt_embeddings (no-mask embedding,
         # identical for every prompt), pos_src = image_pe; TwoWayTransformer.forward flattens both
         src = (image_embed[0].flatten(1).t() + penc.no_mask_embed.weight).contiguous()
-        pe = penc.get_dense_pe()[0].flatten(1).t().contiguous().to(src.dtype)
+        with full_precision(src.device):  # random Fourier features: sin/cos of large arguments
+            pe = penc.get_dense_pe()[0].flatten(1).t().contiguous().to(src.dtype)
         layers = dec.transformer.layers
         first = layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
@@ -239,12 +284,14 @@ class FastMaskDecoder:
             residual = keys
         n = scores.shape[-1]
         probs = torch.softmax(scores.view(b, heads, t, n), 2).view(b, heads * t, n)
-        return torch.baddbmm(residual, probs.transpose(1, 2), v_out, out=out)
+        dt = out.dtype  # out= ops are not autocast: operands in the buffer's dtype (no-ops in fp32)
+        return torch.baddbmm(residual.to(dt), probs.transpose(1, 2).to(dt), v_out.to(dt), out=out)
 
     @staticmethod
     def _norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``norm(x)`` written into ``out`` (``nn.LayerNorm`` through its aten out-variant)."""
-        if type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None:
+        if type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None \
+                and norm.weight.dtype == x.dtype == out.dtype:
             stats = x.new_empty(*x.shape[:-1], 1), x.new_empty(*x.shape[:-1], 1)
             torch.ops.aten.native_layer_norm.out(x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
                                                  out0=out, out1=stats[0], out2=stats[1])
@@ -287,8 +334,9 @@ class FastMaskDecoder:
         """Upstream ``TwoWayTransformer.forward`` for ``tokens (B, T, C)`` (output tokens + sparse
         prompt embeddings): returns ``hs (B, T, C)`` and the image tokens ``(B, N, C)``."""
         n, c = ctx.src.shape
-        work = tokens.new_empty(len(tokens), n, c), tokens.new_empty(len(tokens), n, c)
-        return self._transformer(ctx, tokens, work)
+        work = ctx.src.new_empty(len(tokens), n, c), ctx.src.new_empty(len(tokens), n, c)
+        with self._compute():
+            return self._transformer(ctx, tokens, work)
 
     # ---- heads and upscaling -----------------------------------------------------------------
     def _tokens(self, sparse: torch.Tensor) -> torch.Tensor:
@@ -301,20 +349,24 @@ class FastMaskDecoder:
         return torch.cat((out, sparse.to(out.dtype)), 1)
 
     def _heads_out(self, hs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """IoU predictions ``(B, 1+K)``, object logits ``(B, 1)``, mask tokens ``(B, 1+K, C)``."""
+        """IoU predictions ``(B, 1+K)``, object logits ``(B, 1)``, mask tokens ``(B, 1+K, C)``; the
+        heads run in fp32 (a few vectors per prompt: the IoU threshold compares fp32 numbers)."""
         dec, s = self.decoder, self.obj_offset
-        iou = dec.iou_prediction_head(hs[:, s])
-        mask_tokens = hs[:, s + 1: s + 1 + dec.num_mask_tokens]
-        if dec.pred_obj_scores:
-            obj = dec.pred_obj_score_head(hs[:, 0])
-        else:
-            obj = 10.0 * iou.new_ones(iou.shape[0], 1)
+        hs = hs.to(self._exact)
+        with full_precision(hs.device):
+            iou = dec.iou_prediction_head(hs[:, s])
+            mask_tokens = hs[:, s + 1: s + 1 + dec.num_mask_tokens]
+            if dec.pred_obj_scores:
+                obj = dec.pred_obj_score_head(hs[:, 0])
+            else:
+                obj = 10.0 * iou.new_ones(iou.shape[0], 1)
         return iou, obj, mask_tokens
 
     def hyper(self, mask_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Hypernetwork vectors ``(B, M, C2)`` of mask tokens ``index (B, M)`` (per prompt)."""
         dec = self.decoder
-        out = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
+        with full_precision(mask_tokens.device):  # fp32 (see _heads_out)
+            out = torch.stack([mlp(mask_tokens[:, i].to(self._exact)) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
         return torch.gather(out, 1, index[..., None].expand(-1, -1, out.shape[-1]))
 
     def upscale(self, ctx: ImageContext, keys: torch.Tensor, hyper: torch.Tensor,
@@ -324,7 +376,9 @@ class FastMaskDecoder:
         Upstream: ``output_upscaling`` (transposed conv, [+ stride-8 features], LayerNorm2d, GELU,
         transposed conv, [+ stride-4 features], GELU) then ``hyper_in @ upscaled``. Each image
         token owns a 4x4 block of the output, so this runs per chunk of token rows as batched
-        matmuls whose intermediates stay small (about ``upscale_tokens`` prompt-tokens)."""
+        matmuls whose intermediates stay small (about ``upscale_tokens`` prompt-tokens). The
+        last product, ``hyper`` . upscaled features, runs in fp32 into fp32 logits (in reduced
+        precision the convolutions before it run under autocast; the caller's context)."""
         dec = self.decoder
         dc1, ln1, act1, dc2, act2 = dec.output_upscaling
         b, m = hyper.shape[:2]
@@ -335,7 +389,7 @@ class FastMaskDecoder:
         w2 = dc2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2).expand(b, c1, 4 * c2)
         hyper_t = hyper.transpose(1, 2)  # (B, C2, M)
         if out is None:
-            out = keys.new_empty(b, m, 4 * h, 4 * w)
+            out = keys.new_empty(b, m, 4 * h, 4 * w, dtype=hyper.dtype)
         grid = out.view(b, m, h, 2, 2, w, 2, 2)  # (B, M, y, a, a2, x, b, b2)
         step = max(1, self.upscale_tokens // max(b * w, 1))  # token rows per chunk
         for y0 in range(0, h, step):
@@ -348,7 +402,8 @@ class FastMaskDecoder:
             # LayerNorm2d normalises over channels per pixel: F.layer_norm over the last dim
             z1 = act1(F.layer_norm(z1, (c1,), ln1.weight, ln1.bias, ln1.eps))
             z2 = act2(torch.baddbmm(ctx.up_add2[start:end].view(1, k * 4, 4 * c2), z1, w2)).view(b, k * 16, c2)
-            logits = torch.bmm(z2, hyper_t)  # (B, k*16, M) in (y, x, a, b, a2, b2) order
+            with full_precision(z2.device):  # fp32 accumulation and output (no-ops in fp32)
+                logits = torch.bmm(z2.to(hyper_t.dtype), hyper_t)  # (B, k*16, M) in (y, x, a, b, a2, b2) order
             grid[:, :, y0:y1].copy_(logits.view(b, y1 - y0, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6))
         return out
 
@@ -363,6 +418,10 @@ class FastMaskDecoder:
         embeddings and no mask inputs: same mask selection (multimask: masks 1..K; otherwise mask
         0, or the upstream stability fallback when the model enables it). Runs in sub-batches of
         ``sub_batch`` prompts."""
+        with self._compute():
+            return self._forward(ctx, sparse, multimask_output)
+
+    def _forward(self, ctx: ImageContext, sparse: torch.Tensor, multimask_output: bool) -> DecoderOutput:
         dec = self.decoder
         self._check_sparse(ctx, sparse)
         total = sparse.shape[0]
@@ -379,7 +438,7 @@ class FastMaskDecoder:
             index = torch.arange(1 if multimask_output else 0, k if multimask_output or dynamic else 1,
                                  device=iou.device).expand(b, -1)
             if masks is None:
-                masks = keys.new_empty(total, index.shape[1], 4 * h, 4 * w)
+                masks = keys.new_empty(total, index.shape[1], 4 * h, 4 * w, dtype=self._exact)
                 ious, objs = iou.new_empty(total, k), obj.new_empty(total, obj.shape[1])
             self.upscale(ctx, keys, self.hyper(mask_tokens, index), out=masks[start:start + b])
             ious[start:start + b], objs[start:start + b] = iou, obj
@@ -396,7 +455,8 @@ class FastMaskDecoder:
         if coords.dim() != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
             raise ValueError(f"coords must be (B, P, 2) and labels (B, P), got {tuple(coords.shape)} and "
                              f"{tuple(labels.shape)}")
-        sparse, _ = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        with full_precision(coords.device):  # fp32: random Fourier features (module docstring)
+            sparse, _ = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         return sparse
 
     @torch.inference_mode()
@@ -416,7 +476,12 @@ class FastMaskDecoder:
 
         Equal to :meth:`predict_points` followed by the argmax and the threshold (the
         ``SAM2Proposals`` selection), but the upscaling runs only for kept prompts and only for
-        their chosen mask token."""
+        their chosen mask token. Logits and IoUs are in the model's dtype (fp32) in every ``dtype``."""
+        with self._compute():
+            return self._best_masks(ctx, coords, labels, multimask_output, iou_thr, iou_strict)
+
+    def _best_masks(self, ctx: ImageContext, coords: torch.Tensor, labels: torch.Tensor, multimask_output: bool,
+                    iou_thr: float | None, iou_strict: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dec = self.decoder
         sparse = self.embed_points(coords, labels)
         total = sparse.shape[0]
@@ -448,5 +513,6 @@ class FastMaskDecoder:
             index.append(keep + start)
         h, w = ctx.size
         if not logits:
-            return ctx.src.new_zeros(0, 4 * h, 4 * w), ctx.src.new_zeros(0), torch.zeros(0, dtype=torch.long)
+            return (ctx.src.new_zeros(0, 4 * h, 4 * w, dtype=self._exact), ctx.src.new_zeros(0, dtype=self._exact),
+                    torch.zeros(0, dtype=torch.long))
         return torch.cat(logits), torch.cat(scores), torch.cat(index)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoders.tokens import tokens_to_grid
+from ..precision import autocast, check_dtype, lowp_weights, parse_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class MatcherEncoder(Protocol):
     Attributes:
         identity: a string naming the weights; stored in a bank and checked when it is used.
         input_size: side in pixels of the square images ``encode`` expects.
+
+    An encoder may also carry ``compute_dtype`` (``fp32``/``bf16``/``fp16``, see
+    :mod:`sam2_vitplug.precision`); one without it computes in fp32 as far as a bank records.
     """
 
     identity: str
@@ -52,10 +56,17 @@ class HFMatcherEncoder(nn.Module):
 
     The patch grid is the last ``h*w`` tokens of ``last_hidden_state``; the prefix count
     (``EncoderFamily.num_prefix_tokens``) is checked, never assumed.
+
+    ``compute_dtype`` (``fp32`` default, ``bf16``, ``fp16``): the ViT forward runs under
+    :func:`~sam2_vitplug.precision.autocast` with cached low-precision copies of its frozen
+    Linear/Conv weights (:func:`~sam2_vitplug.precision.lowp_weights`; same numbers as autocast
+    alone, without re-casting 0.6 GB of ViT-L weights per image). Normalisation of the pixels
+    and the returned grid are fp32; fp32 runs exactly the code without autocast.
     """
 
-    def __init__(self, loaded, identity: str, input_size: int | None = None) -> None:
+    def __init__(self, loaded, identity: str, input_size: int | None = None, compute_dtype: str = "fp32") -> None:
         super().__init__()
+        self.compute_dtype = parse_dtype(compute_dtype)
         self.vit = loaded.model.eval()
         self.family = loaded.family
         config = self.vit.config
@@ -93,7 +104,8 @@ class HFMatcherEncoder(nn.Module):
             raise ValueError(f"image {height}x{width} is not a multiple of patch size {self.patch_size}")
         x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
         dtype = next(self.vit.parameters()).dtype
-        out = self.vit(pixel_values=x.to(dtype), **self._forward_kwargs)
+        with autocast(self.compute_dtype, x.device), lowp_weights(self.vit, self.compute_dtype):
+            out = self.vit(pixel_values=x.to(dtype), **self._forward_kwargs)
         grid = self.tokens_to_grid(out.last_hidden_state, height // self.patch_size, width // self.patch_size)
         return grid.float()
 
@@ -112,7 +124,8 @@ class HFMatcherEncoder(nn.Module):
         """``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, C, size)`` features averaged over
         ``transforms`` shifted/flipped copies (docs/architecture.md section 5), float32."""
         x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
-        return self.hr_extractor(transforms, shift=shift)(x, size).float()
+        with autocast(self.compute_dtype, x.device), lowp_weights(self.vit, self.compute_dtype):
+            return self.hr_extractor(transforms, shift=shift)(x, size).float()
 
 
 def load_matcher(
@@ -122,15 +135,20 @@ def load_matcher(
     input_size: int | None = None,
     encoder_type: str | None = None,
     random_init: bool = False,
+    dtype: str = "fp32",
 ) -> MatcherEncoder:
     """A :class:`MatcherEncoder` for a preset, hub id, local directory or Meta ``.pth``.
 
     ``identity`` is the preset name or the path/id as given (resolved to an absolute path for
     local files), so a bank can be checked against the run's encoder. ``random_init`` builds
-    seeded random weights (identity suffix ``#random``) for benchmarks and tests.
+    seeded random weights (identity suffix ``#random``) for benchmarks and tests. ``dtype``
+    (``fp32``/``bf16``/``fp16``) is checked against ``device`` before anything is loaded
+    (ValueError naming the fix); a plugin's matcher computes in its own precision (a warning
+    says so when ``dtype`` is not fp32).
     """
     from ..encoders import find_preset, get_family, load_encoder
 
+    dtype = check_dtype(dtype, device)
     text = os.fspath(name)
     preset = find_preset(text)
     if preset is not None:
@@ -143,6 +161,9 @@ def load_matcher(
                                 f"got {type(matcher).__name__}")
             if isinstance(matcher, nn.Module):
                 matcher.to(device)
+            if dtype != "fp32" and getattr(matcher, "compute_dtype", "fp32") != dtype:
+                logger.warning("matcher %s (%s) computes in its own precision; dtype %s applies to SAM2 only",
+                               text, type(matcher).__name__, dtype)
             return matcher
     if random_init:  # seeded, so `memory --random-init` and a later `run` get the same weights
         with torch.random.fork_rng(devices=[]):
@@ -154,7 +175,7 @@ def load_matcher(
         os.path.abspath(os.path.expanduser(text))
     if random_init:
         identity += "#random"
-    return HFMatcherEncoder(loaded, identity, input_size).to(device)
+    return HFMatcherEncoder(loaded, identity, input_size, compute_dtype=dtype).to(device)
 
 
 def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:

@@ -75,3 +75,58 @@ def format_summary(stats: dict[str, dict[str, float]]) -> str:
     for name in STAT_NAMES:
         lines.append(f"{name:<7} " + "  ".join(f"{stats[t][name]:6.3f}" for t in types))
     return "\n".join(lines)
+
+
+def detection_agreement(reference: list[dict], other: list[dict], *, mask_iou: float = 0.9) -> dict[str, float]:
+    """How far ``other`` (e.g. a bf16 run) reproduces ``reference`` (the fp32 run of the same job).
+
+    Per image, each reference detection is matched to at most one unmatched ``other`` detection of
+    the same class, greedily in descending reference score, taking the candidate of highest mask IoU
+    (RLE segmentations; boxes when a result has none) if it is at least ``mask_iou``. Returns
+    ``matched_fraction`` (of the reference detections), ``mean_abs_score_diff`` and
+    ``max_abs_score_diff`` over matched pairs (NaN when none), ``mean_mask_iou`` of the pairs and both
+    counts. Why greedy by score: the top-scored detections are the ones AP is most sensitive to."""
+    import math
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    def by_image(dets: list[dict]) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for d in dets:
+            out.setdefault(int(d["image_id"]), []).append(d)
+        return out
+
+    def shape(d: dict):
+        seg = d.get("segmentation")
+        if seg is None:
+            return None
+        return {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+
+    ref_img, oth_img = by_image(reference), by_image(other)
+    matched, diffs, ious = 0, [], []
+    for image_id, refs in ref_img.items():
+        refs = sorted(refs, key=lambda d: -float(d["score"]))
+        cands = oth_img.get(image_id, [])
+        used = np.zeros(len(cands), dtype=bool)
+        for r in refs:
+            idx = [j for j, c in enumerate(cands) if not used[j] and int(c["category_id"]) == int(r["category_id"])]
+            if not idx:
+                continue
+            rs, cs = shape(r), [shape(cands[j]) for j in idx]
+            if rs is not None and all(c is not None for c in cs):
+                iou = mask_utils.iou(cs, [rs], [0])[:, 0]
+            else:
+                iou = mask_utils.iou([cands[j]["bbox"] for j in idx], [r["bbox"]], [0])[:, 0]
+            best = int(np.argmax(iou))
+            if float(iou[best]) >= mask_iou:
+                used[idx[best]] = True
+                matched += 1
+                diffs.append(abs(float(cands[idx[best]]["score"]) - float(r["score"])))
+                ious.append(float(iou[best]))
+    nan = math.nan
+    return {"reference_detections": float(len(reference)), "other_detections": float(len(other)),
+            "matched": float(matched), "matched_fraction": matched / len(reference) if reference else nan,
+            "mean_abs_score_diff": float(np.mean(diffs)) if diffs else nan,
+            "max_abs_score_diff": float(np.max(diffs)) if diffs else nan,
+            "mean_mask_iou": float(np.mean(ious)) if ious else nan}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..precision import autocast, check_dtype, full_precision, lowp_weights
 from .adaptive import AdaptiveConfig, adaptive_decode
 from .decoder_engine import FastMaskDecoder
 from .features import masks_to_grid
@@ -155,6 +156,11 @@ class SAM2Proposals:
     ``upstream`` (upstream ``MaskDecoder`` call, the reference). ``adaptive``: an
     :class:`~.adaptive.AdaptiveConfig` to decode only part of the grid (None: the full grid).
     ``stats`` holds the counts of the last image (``decoded_prompts``, ``kept``, ...).
+    ``dtype`` (``fp32`` default and exact, ``bf16``, ``fp16``; checked against the model's
+    device): the SAM2 image encoder runs under autocast with pre-cast frozen weights, then its
+    features are cast back to fp32; the proposal engine computes in ``dtype`` as
+    :class:`~.decoder_engine.FastMaskDecoder` documents (``upstream``: upstream's decoder under
+    autocast, prompt encoder in fp32). Logits, IoUs, thresholds, boxes and rendering are fp32.
     ``grid``/``target_resize``/``no_mem_embed``/``iou_strict``: the ntt defaults reproduce the
     reference implementation (``cells``/``vitplug``/True/False: the vitplug preset).
 
@@ -168,9 +174,12 @@ class SAM2Proposals:
     def __init__(self, model: torch.nn.Module, *, points_per_side: int = 32, points_batch: int = 64,
                  iou_thr: float = 0.4, multimask: bool = True, shared_backbone: bool = False,
                  engine: str = "fast", adaptive: AdaptiveConfig | None = None, grid: str = "ntt",
-                 target_resize: str = "ntt", no_mem_embed: bool = False, iou_strict: bool = True) -> None:
+                 target_resize: str = "ntt", no_mem_embed: bool = False, iou_strict: bool = True,
+                 dtype: str = "fp32") -> None:
         from ..build import make_image_predictor
 
+        first = next(model.parameters(), None)
+        self.compute_dtype = check_dtype(dtype, first.device if first is not None else "cpu")
         if points_per_side < 1 or points_batch < 1:
             raise ValueError(f"points_per_side and points_batch must be >= 1, got {points_per_side}, {points_batch}")
         if engine not in ENGINES:
@@ -194,7 +203,7 @@ class SAM2Proposals:
         self.adaptive = adaptive
         self.grid, self.target_resize = grid, target_resize
         self.no_mem_embed, self.iou_strict = bool(no_mem_embed), bool(iou_strict)
-        self.fast = FastMaskDecoder(model) if engine == "fast" else None
+        self.fast = FastMaskDecoder(model, dtype=self.compute_dtype) if engine == "fast" else None
         self.timings: dict[str, float] = {}
         self.stats: dict[str, float] = {}
         self._captured: dict[str, torch.Tensor] = {}
@@ -255,12 +264,15 @@ class SAM2Proposals:
         without its full-resolution upsampling, which would materialise B x 3 x H x W floats."""
         model, feats = self.model, self.predictor._features
         labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
-        sparse, dense = model.sam_prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
-        low, iou, _, _ = model.sam_mask_decoder(
-            image_embeddings=feats["image_embed"][-1:], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=self.multimask,
-            repeat_image=True, high_res_features=[f[-1:] for f in feats["high_res_feats"]],
-        )
+        with full_precision(points.device):  # fp32 prompt encoding (FastMaskDecoder's docstring says why)
+            sparse, dense = model.sam_prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+            image_pe = model.sam_prompt_encoder.get_dense_pe()
+        with autocast(self.compute_dtype, points.device), lowp_weights(model.sam_mask_decoder, self.compute_dtype):
+            low, iou, _, _ = model.sam_mask_decoder(
+                image_embeddings=feats["image_embed"][-1:], image_pe=image_pe,
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=self.multimask,
+                repeat_image=True, high_res_features=[f[-1:] for f in feats["high_res_feats"]],
+            )
         best = iou.argmax(1)
         pick = torch.arange(len(best), device=best.device)
         return low[pick, best].float(), iou[pick, best].float()
@@ -315,8 +327,10 @@ class SAM2Proposals:
             x = (x - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         else:
             x = pred._transforms(image)[None].to(pred.device)
-        backbone_out = model.forward_image(x)
+        with autocast(self.compute_dtype, x.device), lowp_weights(model.image_encoder, self.compute_dtype):
+            backbone_out = model.forward_image(x)
         _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
+        vision_feats = [f.float() for f in vision_feats]  # fp32 from here on (a no-op in fp32)
         if self.no_mem_embed and model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
         feats = [feat.permute(1, 2, 0).view(1, -1, *size)
@@ -401,15 +415,16 @@ def adaptive_from_config(proposals: Any) -> AdaptiveConfig | None:
     return adaptive
 
 
-def sam2_proposals_from_config(model: torch.nn.Module, proposals: Any) -> SAM2Proposals:
-    """:class:`SAM2Proposals` from the ``proposals`` section of ``configs/matching/fewshot.yaml``."""
+def sam2_proposals_from_config(model: torch.nn.Module, proposals: Any, dtype: str = "fp32") -> SAM2Proposals:
+    """:class:`SAM2Proposals` from the ``proposals`` section of ``configs/matching/fewshot.yaml``,
+    computing in ``dtype`` (``fp32``/``bf16``/``fp16``; ValueError when the device lacks it)."""
     p = proposals
     adaptive = adaptive_from_config(p)
     return SAM2Proposals(model, points_per_side=int(p.points_per_side), points_batch=int(p.points_batch),
                          iou_thr=float(p.iou_thr), multimask=bool(p.multimask), shared_backbone=bool(p.shared_backbone),
                          engine=str(p.engine), adaptive=adaptive, grid=str(p.grid),
                          target_resize=str(p.target_resize), no_mem_embed=bool(p.no_mem_embed),
-                         iou_strict=bool(p.iou_strict))
+                         iou_strict=bool(p.iou_strict), dtype=dtype)
 
 
 def make_proposal_source(name: str, **kwargs: Any) -> ProposalSource:

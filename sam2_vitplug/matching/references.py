@@ -281,11 +281,26 @@ def reference_mask(ref: Reference, image: np.ndarray, box_prompter: BoxPrompter 
     return np.asarray(box_prompter(image, np.array([[x, y, x + w, y + h]], dtype=np.float32))[0], dtype=bool)
 
 
-def sam2_box_prompter(predictor) -> BoxPrompter:
-    """Box prompts through upstream ``SAM2ImagePredictor`` (single mask per box)."""
+def sam2_box_prompter(predictor, dtype: str = "fp32") -> BoxPrompter:
+    """Box prompts through upstream ``SAM2ImagePredictor`` (single mask per box).
+
+    ``dtype`` (``fp32``/``bf16``/``fp16``): the image encoder runs under autocast with pre-cast
+    frozen weights and its features are cast back to fp32; the few box decodes per reference
+    image run in fp32 (cheap, and the masks are thresholded)."""
+    from ..precision import autocast, check_dtype, lowp_weights
+
+    model = predictor.model
+    dtype = check_dtype(dtype, predictor.device)
 
     def prompt(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        predictor.set_image(image)
+        if dtype == "fp32":
+            predictor.set_image(image)
+        else:
+            with autocast(dtype, predictor.device), lowp_weights(model.image_encoder, dtype):
+                predictor.set_image(image)
+            feats = predictor._features
+            predictor._features = {"image_embed": feats["image_embed"].float(),
+                                   "high_res_feats": [f.float() for f in feats["high_res_feats"]]}
         masks, _, _ = predictor.predict(box=boxes, multimask_output=False)
         masks = np.asarray(masks)
         return (masks.reshape(len(boxes), *masks.shape[-2:]) > 0)
