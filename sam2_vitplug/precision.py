@@ -125,19 +125,22 @@ def precast(enabled: bool) -> Iterator[None]:
 
 
 def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
-    """``(submodule, parameter name, low-precision copy)`` for every frozen fp32 Linear/Conv
-    weight and bias of ``module``; cached on ``module`` and re-cast when a weight was changed
-    in place (its version counter or storage moved), so a loaded checkpoint is never shadowed."""
+    """``(submodule, parameter name, low-precision copy)`` for every fp32 Linear/Conv weight and
+    bias of ``module`` that is frozen here: ``requires_grad`` False, or any weight while grad mode
+    is off (inference: no gradient can flow to it, and inference models usually keep
+    ``requires_grad`` True). Cached on ``module`` and re-cast when a weight was changed in place
+    (its version counter or storage moved), so a loaded checkpoint is never shadowed."""
     cache = module.__dict__.setdefault(_CACHE_ATTR, {})
     entries = cache.get(dtype)
     out = []
     fresh = []
+    grad = torch.is_grad_enabled()
     for sub in module.modules():
         if not isinstance(sub, _LOWP_MODULES):
             continue
         for name in ("weight", "bias"):
             p = sub._parameters.get(name)
-            if p is None or p.dtype != torch.float32 or p.requires_grad:
+            if p is None or p.dtype != torch.float32 or (p.requires_grad and grad):
                 continue
             fresh.append((sub, name, p))
     stamps = [(id(sub), name, p.data_ptr(), p._version, p.device) for sub, name, p in fresh]
@@ -154,6 +157,7 @@ def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torc
 def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None) -> Iterator[None]:
     """Run ``module`` with cached ``dtype`` copies of its frozen Linear/Conv weights (use inside
     :func:`autocast`); a no-op for fp32, for ``module=None`` and when :func:`precast` is off.
+    With grad enabled, weights that require grad keep their fp32 originals (training sees them).
 
     Costs one low-precision copy of those weights (half the fp32 size for bf16/fp16), kept on the
     module. Not thread-safe: the swap is visible to any other thread using ``module`` meanwhile."""

@@ -51,3 +51,28 @@ def test_bench_fewshot_compares_methods(tiny_models, tmp_path, capsys):
     assert "ntt method" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--method"):
         bench_fewshot.main([*args[:-4], "--method", "paper", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.slow
+def test_bench_fewshot_compares_dtypes(tiny_models, tmp_path, capsys):
+    """--dtype fp32,bf16 --precast both --flops: three settings in one run, per-stage ratios to fp32,
+    a matmul peak per dtype and the GFLOP/s of each heavy stage."""
+    tiny = tiny_models["dinov2"]
+    overrides = [o for o in tiny_overrides(tiny, 128) if "image_size" not in o]
+    args = ["--device", "cpu", "--sam2-config", "sam2_vit_dino_s.yaml", "--shared-config", "",
+            "--encoders", str(tiny), "--target-hw", "96x128", "--points-per-side", "4", "--images", "1",
+            "--warmup", "0", "--classes", "3", "--dtype", "fp32,bf16", "--precast", "both", "--flops",
+            "--out", str(tmp_path / "bench.json")]
+    for o in overrides + ["++model.image_size=128"]:
+        args += ["--sam2-override", o]
+    assert bench_fewshot.main(args) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    stem = f"sam2_vit_dino_s+{tiny}"
+    assert set(report["settings"]) == {f"{stem}:fp32", f"{stem}:bf16", f"{stem}:bf16-autocast-only"}
+    assert set(report["matmul_peak_gflops"]) == {"fp32", "bf16"} and min(report["matmul_peak_gflops"].values()) > 0
+    assert all(report["stage_flops"][stem][s] > 0 for s in bench_fewshot.FLOP_STAGES)
+    assert set(report["dtype_ratio"]) == {f"{stem}:bf16", f"{stem}:bf16-autocast-only"}
+    assert report["settings"][f"{stem}:bf16"]["gflops"]["prompt_decoding"] > 0
+    assert "/ fp32 (same run)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--dtype fp16 needs a CUDA"):
+        bench_fewshot.main([*args[:-2], "--dtype", "fp16", "--out", str(tmp_path / "x.json")])

@@ -92,8 +92,11 @@ def test_lowp_weights_cache_is_reused_and_refreshed_after_an_in_place_change():
         assert net.fc.weight.dtype == torch.float32  # benchmarks can switch the swap off
 
 
-def test_lowp_weights_skips_trainable_weights():
+def test_lowp_weights_skips_trainable_weights_only_while_grad_is_on():
     net = _frozen()
     net.fc.weight.requires_grad_(True)
     with P.lowp_weights(net, "bf16"):
         assert net.fc.weight.dtype == torch.float32 and net.fc.bias.dtype == torch.bfloat16
+    with torch.inference_mode(), P.lowp_weights(net, "bf16"):  # inference: nothing can train it
+        assert net.fc.weight.dtype == torch.bfloat16
+    assert net.fc.weight.dtype == torch.float32 and net.fc.weight.requires_grad

@@ -15,6 +15,14 @@ storing full token maps. Random weights: timings and sizes only, never accuracy.
         --engines fast,upstream --adaptive --images 1 --warmup 0 --out bench_out/fewshot_engines.json
     python tools/bench_fewshot.py --encoders dinov2_large --shared-config '' --target-hw 480x640 \
         --method ntt,vitplug --images 2 --out bench_out/fewshot_methods.json
+    python tools/bench_fewshot.py --encoders dinov2_large --shared-config '' --target-hw 480x640 \
+        --dtype fp32,bf16 --precast both --flops --images 1 --out bench_out/fewshot_dtype.json
+
+``--dtype fp32,bf16`` times each compute dtype in the same run (docs/precision.md); ``--precast
+both`` adds bf16 under autocast alone (frozen weights re-cast every call) next to the default
+pre-cast copies; ``--flops`` counts each heavy stage's FLOPs once (``FlopCounterMode``, fp32: the
+same ops run in every dtype) and reports the GFLOP/s each setting reaches against a measured
+4096x1024x4096 matmul peak of each dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +46,39 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 
 STAGES = ("sam2_encoder", "prompt_decoding", "matcher_encoder", "scoring", "merging", "output")
+FLOP_STAGES = ("sam2_encoder", "prompt_decoding", "matcher_encoder")  # the matmul-heavy ones
+PEAK_SHAPE = (4096, 1024, 4096)  # M, K, N of the peak matmul
+
+
+def matmul_peak_gflops(dtype: str, device: str, repeats: int = 5) -> float:
+    """GFLOP/s of one ``PEAK_SHAPE`` matmul in ``dtype`` (inputs already in it: the kernel's rate)."""
+    from sam2_vitplug.precision import DTYPES
+
+    m, k, n = PEAK_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(device, DTYPES[dtype])
+    b = torch.randn(k, n, generator=gen).to(device, DTYPES[dtype])
+    best = time_repeats(lambda: a @ b, device, warmup=1, repeats=repeats).min_s
+    return 2 * m * k * n / best / 1e9
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def stage_flops(predictor, image) -> dict[str, int]:
+    """FLOPs of the SAM2 encoder, the prompt decoding and the matcher on one image (fp32 run)."""
+    source = predictor.source
+    encoder = count_flops(lambda: source.set_image(image))
+    holder = {}
+    total = count_flops(lambda: holder.setdefault("p", source(image, 0)))
+    matcher = count_flops(lambda: predictor.target_features(image, holder["p"]))
+    return {"sam2_encoder": encoder, "prompt_decoding": total - encoder, "matcher_encoder": matcher}
 
 
 def peak_rss_mb() -> float:
@@ -152,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--classes", type=int, default=80, help="classes in the random bank used for scoring")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dtype", default="fp32", help="comma list of compute dtypes timed in the same run: "
+                        "fp32, bf16, fp16 (docs/precision.md)")
+    parser.add_argument("--precast", choices=("on", "off", "both"), default="on",
+                        help="reduced dtypes with pre-cast frozen weights (on, the library's way), autocast alone "
+                             "(off), or both side by side")
+    parser.add_argument("--flops", action="store_true",
+                        help="count the heavy stages' FLOPs and measure a matmul peak per dtype (GFLOP/s per stage)")
     parser.add_argument("--out", required=True, help="JSON output")
     args = parser.parse_args(argv)
     device = args.device or default_device()
@@ -176,6 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in engines if e not in ("fast", "upstream")]
     if bad or not engines:
         raise ValueError(f"--engines must list fast and/or upstream, got {args.engines!r}")
+    from sam2_vitplug.precision import check_dtype, precast
+
+    dtypes = list(dict.fromkeys(check_dtype(d.strip(), device) for d in args.dtype.split(",") if d.strip()))
+    if not dtypes:
+        raise ValueError(f"--dtype must list fp32, bf16 and/or fp16, got {args.dtype!r}")
+    # (label, dtype, pre-cast): fp32 has nothing to pre-cast
+    precisions = []
+    for d in dtypes:
+        if d == "fp32":
+            precisions.append(("fp32", d, True))
+            continue
+        if args.precast in ("on", "both"):
+            precisions.append((d, d, True))
+        if args.precast in ("off", "both"):
+            precisions.append((f"{d}-autocast-only", d, False))
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods or any(m not in ("ntt", "vitplug") for m in methods):
         raise ValueError(f"--method must list ntt and/or vitplug, got {args.method!r}")
@@ -197,26 +260,49 @@ def main(argv: list[str] | None = None) -> int:
     sources = {}
     for method in methods:
         for e, a in variants:
-            p = cfgs[method].proposals
-            sources[(method, f"{e}{'+adaptive' if a else ''}")] = SAM2Proposals(
-                sam2, points_per_side=args.points_per_side, points_batch=args.points_batch, iou_thr=p.iou_thr,
-                engine=e, adaptive=a, grid=str(p.grid), target_resize=str(p.target_resize),
-                no_mem_embed=bool(p.no_mem_embed), iou_strict=bool(p.iou_strict))
+            for plabel, dtype, cast in precisions:
+                p = cfgs[method].proposals
+                sources[(method, f"{e}{'+adaptive' if a else ''}", plabel)] = (SAM2Proposals(
+                    sam2, points_per_side=args.points_per_side, points_batch=args.points_batch, iou_thr=p.iou_thr,
+                    engine=e, adaptive=a, grid=str(p.grid), target_resize=str(p.target_resize),
+                    no_mem_embed=bool(p.no_mem_embed), iou_strict=bool(p.iou_strict), dtype=dtype), dtype, cast)
+    if args.flops:
+        report["matmul_peak_shape"] = list(PEAK_SHAPE)
+        report["matmul_peak_gflops"] = {d: matmul_peak_gflops(d, device) for d in dtypes}
+        print("matmul peak " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in report["matmul_peak_gflops"].items()),
+              file=sys.stderr)
     for name in [e for e in args.encoders.split(",") if e]:
         matcher = load_matcher(name, device=device, random_init=True)
         banks = {m: random_bank(matcher, args.classes, 10, method=m) for m in methods}
         # first-call costs of both image encoders (allocations, kernels) stay out of every setting
-        next(iter(sources.values())).predictor.set_image(images[0])
-        FewShotPredictor(banks[methods[0]], next(iter(sources.values())), matcher, cfg).target_features(
+        first = next(iter(sources.values()))[0]
+        first.predictor.set_image(images[0])
+        FewShotPredictor(banks[methods[0]], first, matcher, cfg).target_features(
             images[0], Proposals(torch.zeros(0, 1, 1), torch.zeros(0, 4), torch.zeros(0), images[0].shape[:2],
                                  lambda idx: None))
-        for (method, label), source in sources.items():
+        counted: dict[str, dict[str, int]] = {}
+        for (method, label, plabel), (source, dtype, cast) in sources.items():
+            matcher.compute_dtype = dtype  # the same ViT weights in every dtype (pre-cast copies are cached)
             predictor = FewShotPredictor(banks[method], source, matcher, cfgs[method])
-            print(f"timing hiera + {name} ({label} proposals, method {method}) ...", file=sys.stderr)
-            key = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(variants) > 1 else "") \
+            base = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(variants) > 1 else "") \
                 + (f":{method}" if len(methods) > 1 else "")
-            report["settings"][key] = time_images(predictor, images[:args.images], device, args.warmup)
+            key = base + (f":{plabel}" if len(precisions) > 1 else "")
+            if args.flops and base not in counted:
+                print(f"counting FLOPs of {base} ...", file=sys.stderr)
+                counted[base] = stage_flops(predictor, images[0])
+                report.setdefault("stage_flops", {})[base] = counted[base]
+            print(f"timing hiera + {name} ({label} proposals, method {method}, {plabel}) ...", file=sys.stderr)
+            with precast(cast):
+                report["settings"][key] = time_images(predictor, images[:args.images], device, args.warmup)
             report["settings"][key]["decoded_prompts"] = source.stats.get("decoded_prompts")
+            report["settings"][key]["dtype"], report["settings"][key]["precast"] = dtype, cast
+            if args.flops:
+                peak = report["matmul_peak_gflops"][dtype]
+                rates = {st: counted[base][st] / report["settings"][key][st] / 1e9 for st in FLOP_STAGES
+                         if report["settings"][key][st] > 0}
+                report["settings"][key]["gflops"] = rates
+                report["settings"][key]["fraction_of_peak"] = {st: r / peak for st, r in rates.items()}
+        matcher.compute_dtype = "fp32"
         dim, grid = int(matcher.vit.config.hidden_size), matcher.input_size // matcher.patch_size
         report["bank"][name] = bank_sizes(dim, grid)
         del matcher, predictor
@@ -224,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = report["settings"]
         report["engine_speedup"] = {k.replace(":fast", ""): settings[k.replace(":fast", ":upstream")]["total"]
                                     / settings[k]["total"] for k in settings if ":fast" in k and "+adaptive" not in k}
+    if len(precisions) > 1 and "fp32" in dtypes:
+        settings = report["settings"]
+        for key, value in settings.items():
+            plabel = next((pl for pl, _, _ in precisions if key.endswith(":" + pl)), None)
+            if plabel is None or plabel == "fp32":
+                continue
+            ref = settings[key[: -len(plabel)] + "fp32"]
+            report.setdefault("dtype_ratio", {})[key] = {st: value[st] / ref[st] for st in (*STAGES, "total")
+                                                         if ref[st] > 0}
     if len(methods) > 1:
         settings = report["settings"]
         report["method_ratio"] = {k.removesuffix(":ntt"): settings[k]["total"] / settings[k[:-4] + ":vitplug"]["total"]
@@ -274,6 +369,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['loadavg_start']} -> {report['loadavg_end']}")
     for key, ratio in report.get("engine_speedup", {}).items():
         print(f"{key}: fast proposal engine {ratio:.2f}x faster per image than upstream's (end to end)")
+    for key, ratios in report.get("dtype_ratio", {}).items():
+        print(f"{key} / fp32 (same run): " + ", ".join(f"{st} {r:.2f}x" for st, r in ratios.items()))
+    if "matmul_peak_gflops" in report:
+        print("matmul peak (" + "x".join(map(str, PEAK_SHAPE)) + "): "
+              + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in report["matmul_peak_gflops"].items()))
+        for key, value in report["settings"].items():
+            if "gflops" in value:
+                print(f"{key}: " + ", ".join(f"{st} {g:.0f} GFLOP/s ({100 * value['fraction_of_peak'][st]:.0f}% of "
+                                             f"{value['dtype']} peak)" for st, g in value["gflops"].items()))
     for key, ratio in report.get("method_ratio", {}).items():
         print(f"{key}: ntt method {ratio:.2f}x the vitplug preset's time per image (same run)")
     for name, b in report["bank"].items():
