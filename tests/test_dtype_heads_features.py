@@ -30,7 +30,7 @@ from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, load_seg_m
 from sam2_vitplug.heads.train import TrainConfig, train  # noqa: E402
 from sam2_vitplug.modeling.autocast_weights import precast_linear_weights  # noqa: E402
 from sam2_vitplug.modeling.hr_features import HRFeatureExtractor  # noqa: E402
-from sam2_vitplug.precision import autocast  # noqa: E402
+from sam2_vitplug.precision import autocast, precast  # noqa: E402
 
 REL_TOL = 0.02          # largest |bf16 - fp32| as a share of the largest |fp32| value
 PIXEL_FLIP_TOL = 0.01   # share of pixels whose class differs
@@ -97,6 +97,8 @@ def test_precast_equals_plain_autocast_bit_for_bit_and_restores(tiny_models, nam
             assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
             pre = model(pixel_values=x, **kwargs).last_hidden_state
     assert count > 0 and torch.equal(plain, pre)
+    with precast(False), precast_linear_weights(model, "bf16") as off:  # the benchmarks' autocast-only switch
+        assert off == 0 and all(m.weight.dtype == torch.float32 for m in linears)
     for key, p in model.named_parameters():
         assert p is before[key][0] and p.dtype == torch.float32 and torch.equal(p, before[key][1]), key
 

@@ -29,7 +29,8 @@ per call, the averaging in fp32). Each reduced-precision row carries ``x_fp32`` 
 the fp32 row of the same cell) and the agreement of its output with fp32's: max and mean
 absolute difference, the max relative to the largest fp32 value, and the cosine similarity of
 the C-dimensional feature vectors (mean and min over positions). The largest K is also timed
-with pre-casting off (``tavgK_noprecast``: autocast re-casts the frozen weights every forward)
+with pre-casting off (``tavgK_noprecast``, ``precision.precast(False)``: autocast re-casts the
+frozen weights every forward)
 and with the whole ViT cast to the low dtype instead of autocast (``tavgK_model_cast``: norms,
 residual stream and position tables in bf16 too, averaging still fp32).
 ``--models T`` is a tiny DINOv2 (hidden 32, 4 blocks, the test fixtures' geometry).
@@ -47,7 +48,6 @@ does not depend on depth (one block's activations are alive at a time).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import logging
@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import fmt, machine_info, print_table, timed, write_json_atomic  # noqa: E402
 from benchmem import MEM_METHODS, MemProbe  # noqa: E402
 
-from sam2_vitplug.precision import DTYPES  # noqa: E402
+from sam2_vitplug.precision import DTYPES, precast  # noqa: E402
 
 log = logging.getLogger("bench_hr_features")
 PRESETS = {"T": "tiny", "S": "dinov2_small", "B": "dinov2_base", "L": "dinov2_large"}
@@ -195,13 +195,9 @@ def bench_cell(model, family, full_depth: int, size: int, args: argparse.Namespa
                 "estimated_mib": plan.estimated_bytes / 2**20, "tokens": plan.tokens_per_image}, vit_box)
             row["x_plainK"] = row["seconds"] / row["vit_s"] if row["vit_s"] else None
             if dtype != "fp32" and k == ks[-1]:  # bench-only: autocast alone, re-casting the weights every forward
-                real = hrf.precast_linear_weights
-                hrf.precast_linear_weights = lambda module, dt: contextlib.nullcontext(0)
-                try:
+                with precast(False):
                     run(f"tavg{k}_noprecast", lambda ext=ext: ext(x, target), {"transforms": k, "chunk": plan.chunk,
                                                                              "forwards": plan.forwards})
-                finally:
-                    hrf.precast_linear_weights = real
                 # the alternative to autocast: the whole ViT cast to the low dtype (norms, residual
                 # stream and position tables too), fp32 averaging; fastest, least exact
                 cast = copy.deepcopy(model).to(DTYPES[dtype])

@@ -56,7 +56,7 @@ from sam2_vitplug.heads.data import load_mask, load_rgb, pair_paths, write_class
 from sam2_vitplug.heads.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, load_seg_model, read_checkpoint  # noqa: E402
 from sam2_vitplug.heads.train import TrainConfig, train  # noqa: E402
-from sam2_vitplug.precision import DTYPES, check_dtype  # noqa: E402
+from sam2_vitplug.precision import check_dtype, precast  # noqa: E402
 
 HEADS = ("linear", "upernet", "mask2former")
 # a linear probe wants a larger step than the deeper heads (measured: linear 1e-3 -> val mIoU
@@ -216,6 +216,11 @@ def score_agreement(low: torch.Tensor, full: torch.Tensor) -> dict[str, float]:
             "pixels_differing": float((low.argmax(0) != full.argmax(0)).float().mean())}
 
 
+def _without_precast(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with precast(False):
+        return fn()
+
+
 def bench_precision_speed(args, device: torch.device) -> list[dict[str, Any]]:
     """``predict_scores`` per head and dtype on one real-size random-weight model, the variants
     interleaved repeat by repeat."""
@@ -231,9 +236,9 @@ def bench_precision_speed(args, device: torch.device) -> list[dict[str, Any]]:
         variants: dict[str, Callable[[], torch.Tensor]] = {"fp32": lambda: infer.predict_scores(model, rgb)}
         for dtype in args.dtypes[1:]:
             variants[dtype] = lambda d=dtype: infer.predict_scores(model, rgb, dtype=d)
-            # bench-only: autocast without pre-casting (the frozen ViT's weights re-cast every forward)
-            variants[f"{dtype}_noprecast"] = lambda d=dtype: infer._predict_scores(model, rgb, "resize", 1 / 3,
-                                                                                  DTYPES[d])
+            # autocast without pre-casting (the frozen ViT's weights re-cast every forward)
+            variants[f"{dtype}_noprecast"] = lambda d=dtype: _without_precast(
+                lambda: infer.predict_scores(model, rgb, dtype=d))
         outputs = {name: timed(fn, device)[0] for name, fn in variants.items()}  # warm-up, and the outputs
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
