@@ -14,6 +14,7 @@ capability query, never the CPU's model name.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
@@ -104,6 +105,8 @@ _LOWP_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Con
                  torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 _CACHE_ATTR = "_sam2_vitplug_lowp_cache"
 _precast_state = {"enabled": True}
+_swap_lock = threading.Lock()
+_swapped: dict[tuple[int, str], tuple[int, list]] = {}  # (module id, dtype) -> (users, fp32 originals)
 
 
 def precast_enabled() -> bool:
@@ -160,17 +163,29 @@ def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None
     With grad enabled, weights that require grad keep their fp32 originals (training sees them).
 
     Costs one low-precision copy of those weights (half the fp32 size for bf16/fp16), kept on the
-    module. Not thread-safe: the swap is visible to any other thread using ``module`` meanwhile."""
+    module. Nested and concurrent calls in the same dtype share one swap (the last to leave
+    restores the originals); an fp32 call on ``module`` from another thread during the swap would
+    see the copies, so do not mix dtypes on one model across threads."""
     name = parse_dtype(dtype)
     if name == "fp32" or module is None or not precast_enabled():
         yield
         return
-    copies = _lowp_copies(module, DTYPES[name])
-    originals = [(sub, pname, sub._parameters[pname]) for sub, pname, _ in copies]
+    key = (id(module), name)
+    with _swap_lock:
+        count, originals = _swapped.get(key, (0, None))
+        if count == 0:  # first entrant swaps; nested or concurrent same-dtype calls share the swap
+            copies = _lowp_copies(module, DTYPES[name])
+            originals = [(sub, pname, sub._parameters[pname]) for sub, pname, _ in copies]
+            for sub, pname, copy in copies:
+                sub._parameters[pname] = copy
+        _swapped[key] = (count + 1, originals)
     try:
-        for sub, pname, copy in copies:
-            sub._parameters[pname] = copy
         yield
     finally:
-        for sub, pname, original in originals:
-            sub._parameters[pname] = original
+        with _swap_lock:
+            count, originals = _swapped.pop(key)
+            if count > 1:
+                _swapped[key] = (count - 1, originals)
+            else:  # the last one out restores the fp32 originals
+                for sub, pname, original in originals:
+                    sub._parameters[pname] = original

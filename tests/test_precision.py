@@ -100,3 +100,14 @@ def test_lowp_weights_skips_trainable_weights_only_while_grad_is_on():
     with torch.inference_mode(), P.lowp_weights(net, "bf16"):  # inference: nothing can train it
         assert net.fc.weight.dtype == torch.bfloat16
     assert net.fc.weight.dtype == torch.float32 and net.fc.weight.requires_grad
+
+
+def test_lowp_weights_nested_calls_share_one_swap():
+    net = _frozen()
+    original = net.fc.weight
+    with P.lowp_weights(net, "bf16"):
+        outer = net.fc.weight
+        with P.lowp_weights(net, "bf16"):
+            assert net.fc.weight is outer
+        assert net.fc.weight is outer  # the inner exit does not restore under the outer call
+    assert net.fc.weight is original

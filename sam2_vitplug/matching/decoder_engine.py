@@ -385,8 +385,9 @@ class FastMaskDecoder:
         c = keys.shape[-1]
         h, w = ctx.size
         c1, c2 = dc1.out_channels, dc2.out_channels
-        w1 = dc1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1).expand(b, c, 4 * c1)  # (C, [a, b, c1])
-        w2 = dc2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2).expand(b, c1, 4 * c2)
+        wdt = ctx.up_add1.dtype  # cast once here, not per chunk of the expanded view (a no-op in fp32)
+        w1 = dc1.weight.to(wdt).permute(0, 2, 3, 1).reshape(c, 4 * c1).expand(b, c, 4 * c1)  # (C, [a, b, c1])
+        w2 = dc2.weight.to(wdt).permute(0, 2, 3, 1).reshape(c1, 4 * c2).expand(b, c1, 4 * c2)
         hyper_t = hyper.transpose(1, 2)  # (B, C2, M)
         if out is None:
             out = keys.new_empty(b, m, 4 * h, 4 * w, dtype=hyper.dtype)
