@@ -191,21 +191,23 @@ def write_features(args: FeatureOptions) -> str:
     from .images import load_rgb
     from .modeling.hr_features import HRFeatureExtractor, format_bytes
     from .modeling.trunk import parse_dtype
+    from .precision import check_dtype
 
     images = collect_images(args.images)
     dests = _destinations(images, args.out, args.pca)
     if args.out_stride is not None and args.out_stride < 1:
         raise ValueError(f"--out-stride must be >= 1 (1 = full input resolution), got {args.out_stride}")
-    dtype = parse_dtype(args.dtype) or torch.float32
     out_dtype = parse_dtype(args.out_dtype) or torch.float32
     device = parse_device(args.device)
+    dtype = check_dtype(args.dtype, device)  # compute dtype: autocast around the ViT, fp32 averaging and output
     sizes = [decoded_size(image) for image in images]  # a truncated file fails here, before the model loads
 
     loaded = load_encoder(args.encoder, args.encoder_type, random_init=args.random_init)
-    model = loaded.model.eval().to(device=device, dtype=dtype)
+    model = loaded.model.eval().to(device=device)
     extractor = HRFeatureExtractor(model, loaded.family, transforms=args.transforms, shift=args.shift,
                                    directions=args.directions, border=args.border,
-                                   stride_reduction=args.stride_reduction, memory_budget=args.memory_budget)
+                                   stride_reduction=args.stride_reduction, memory_budget=args.memory_budget,
+                                   dtype=dtype)
     patch = extractor.patch_size
     default_longer = DEFAULT_INPUT_SIZE.get(patch, 37 * patch)
     if args.input_size is not None and args.input_size < patch:
@@ -239,7 +241,7 @@ def write_features(args: FeatureOptions) -> str:
                    "transforms": extractor.k, "shift": extractor.tset.shift, "directions": extractor.tset.directions,
                    "border": extractor.tset.border, "patch_stride": extractor.stride, "patch_size": patch,
                    "transform_set": extractor.tset.describe(), "dtype": str(out_dtype).replace("torch.", ""),
-                   "compute_dtype": str(dtype).replace("torch.", "")}
+                   "compute_dtype": dtype}
     bar = tqdm(total=len(jobs) * extractor.k, unit="view", desc="features", disable=args.quiet)
     with torch.inference_mode():
         for (image, size, target, plan), (out_path, pca_path) in zip(jobs, dests):
@@ -248,7 +250,7 @@ def write_features(args: FeatureOptions) -> str:
             shrink = size[0] < rgb.shape[-2] or size[1] < rgb.shape[-1]
             rgb = torch.nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False,
                                                   antialias=shrink)
-            feats = extractor(((rgb - mean) / std).to(dtype), target, progress=bar.update)[0]
+            feats = extractor((rgb - mean) / std, target, progress=bar.update)[0]
             meta = dict(meta_common, image=str(image), input_size=list(size), target_size=list(target),
                         grid=list(plan.grid))
             save_features(out_path, feats.to(out_dtype), meta)

@@ -232,3 +232,61 @@ def test_bench_hr_features_dtype_rows(tmp_path):
         assert row["x_fp32"] > 0 and row["cosine_mean"] >= COSINE_MIN, row["variant"]
         if not row["variant"].endswith("_model_cast"):  # autocast; the all-bf16 model is measured, not bounded
             assert row["rel_max_diff"] <= REL_TOL, row["variant"]
+
+
+# ---- through the command line (sam2-vitplug seg eval|predict, features --dtype) -----------------
+def test_cli_seg_eval_and_predict_dtype(trained_linear, shapes, tmp_path, capsys):
+    """`--dtype bf16` reaches the library (recorded in the JSON) and agrees with fp32; fp16 on a
+    CPU and a contradicting deprecated `--amp` are one line each, exit 2, before anything is written."""
+    import json
+
+    from sam2_vitplug.cli import main
+
+    ckpt = str(Path(shapes["root"]) / "ck_linear" / "last.pt")
+    data = ["--image-paths", shapes["val_images"], "--mask-paths", shapes["val_masks"], "--device", "cpu",
+            "--no-progress"]
+    scores = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / f"eval_{dtype}.json"
+        assert main(["seg", "eval", "--checkpoint", ckpt, *data, "--dtype", dtype, "--out", str(out)]) == 0
+        scores[dtype] = json.loads(out.read_text())
+        assert scores[dtype]["dtype"] == dtype
+    assert abs(scores["bf16"]["mIoU"] - scores["fp32"]["mIoU"]) <= MIOU_TOL
+    capsys.readouterr()
+    for extra, message in ((["--dtype", "fp16"], "--dtype fp16 needs a CUDA or MPS device"),
+                           (["--dtype", "bf16", "--amp", "off"], "--dtype bf16 and --amp off disagree")):
+        bad = tmp_path / "bad.json"
+        assert main(["seg", "eval", "--checkpoint", ckpt, *data, *extra, "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"sam2-vitplug: error: {message}") and not bad.exists()
+    assert main(["seg", "eval", "--checkpoint", ckpt, *data, "--amp", "off", "--out", str(tmp_path / "a.json")]) == 0
+    assert "--amp is deprecated" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a.json").read_text())["dtype"] == "fp32"
+    first = sorted(Path(shapes["root"]).glob("ds/val/images/*.jpg"))[0]
+    assert main(["seg", "predict", "--checkpoint", ckpt, "--input", str(first), "--out", str(tmp_path / "pred"),
+                 "--device", "cpu", "--no-progress", "--dtype", "bf16"]) == 0
+    assert json.loads((tmp_path / "pred" / "predict.json").read_text())["dtype"] == "bf16"
+
+
+def test_cli_features_dtype(tiny_models, shapes, tmp_path):
+    """`features --dtype bf16`: fp32 file (the output dtype is --out-dtype's), the compute dtype
+    in the metadata, and features within the stated cosine of the fp32 ones."""
+    from safetensors import safe_open
+
+    from sam2_vitplug.cli import main
+
+    image = str(sorted(Path(shapes["root"]).glob("ds/val/images/*.jpg"))[0])
+    feats = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / f"{dtype}.safetensors"
+        assert main(["features", image, "--encoder", str(tiny_models["dinov2"]), "--transforms", "2", "--dtype", dtype,
+                     "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+        with safe_open(str(out), "pt") as fh:
+            feats[dtype] = fh.get_tensor("features")
+            assert fh.metadata()["compute_dtype"] == dtype
+        assert feats[dtype].dtype == torch.float32
+    cosine = F.cosine_similarity(feats["fp32"], feats["bf16"], dim=0)
+    assert float(cosine.mean()) >= COSINE_MIN and not torch.equal(feats["fp32"], feats["bf16"])
+    assert main(["features", image, "--encoder", str(tiny_models["dinov2"]), "--dtype", "fp16", "--device", "cpu",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()

@@ -8,6 +8,7 @@ import argparse
 from dataclasses import fields
 
 from ..encoders.sources import ENCODER_SOURCES_HELP
+from ..precision import DTYPE_HELP, DTYPES
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "stride whose file is no larger than the decoded image, at most the patch stride)")
     p.add_argument("--memory-budget", default=None,
                    help="e.g. 4GiB: encode the K views in chunks that fit (default: all in one forward)")
-    p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16: the ViT's compute dtype")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help=DTYPE_HELP)
     p.add_argument("--out-dtype", default="fp32", choices=("fp16", "bf16", "fp32"),
                    help="dtype of the saved features (fp16 halves the file)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")

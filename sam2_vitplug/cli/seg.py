@@ -9,12 +9,35 @@ from pathlib import Path
 
 from ..devices import parse_device
 from ..encoders.sources import ENCODER_SOURCES_HELP
+from ..precision import DTYPE_HELP, DTYPES
 
 logger = logging.getLogger(__name__)
 
 
 def _device(args: argparse.Namespace) -> str:
     return parse_device(args.device)
+
+
+def _inference_dtype(args: argparse.Namespace, device: str) -> str:
+    """``--dtype`` (default fp32, the exact path), or the deprecated ``--amp`` spelling of it,
+    checked against the device before any model is built."""
+    import sys
+
+    from ..precision import check_dtype, parse_dtype
+
+    dtype = args.dtype
+    if args.amp is not None:
+        import torch
+
+        from ..heads.train import amp_dtype
+
+        print("note: --amp is deprecated for seg eval/predict; use --dtype", file=sys.stderr)
+        legacy = amp_dtype(args.amp, torch.device(device))
+        legacy = "fp32" if legacy is None else parse_dtype(legacy)
+        if dtype is not None and parse_dtype(dtype) != legacy:
+            raise ValueError(f"--dtype {dtype} and --amp {args.amp} disagree; pass --dtype only")
+        dtype = legacy
+    return check_dtype(dtype, device)
 
 
 def _output_folder(path: str, flag: str = "--out") -> Path:
@@ -64,16 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from ..heads.data import load_mask, load_rgb, pair_paths, validate_pairs
-    from ..heads.infer import predict_scores
-    from ..heads.metrics import confusion_matrix, metrics_from_confusion, write_json_atomic
+    from ..heads.data import pair_paths, validate_pairs
+    from ..heads.infer import evaluate
+    from ..heads.metrics import metrics_from_confusion, write_json_atomic
     from ..heads.model import load_seg_model, read_checkpoint
-    from ..heads.train import amp_dtype
 
     device = _device(args)
+    dtype = _inference_dtype(args, device)
     ckpt = read_checkpoint(args.checkpoint)
     num_classes = ckpt["config"]["num_classes"]
     pairs = pair_paths(args.image_paths, args.mask_paths)
@@ -84,43 +104,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ValueError(f"--out '{out}' is an existing folder; pass a .json file name")
     model = load_seg_model(args.checkpoint, device=device, ckpt=ckpt)
-    autocast = amp_dtype(args.amp, torch.device(device))
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=args.no_progress):
-        labels = predict_scores(model, load_rgb(image_path), mode=args.mode, autocast=autocast).argmax(0).cpu()
-        conf += confusion_matrix(labels, torch.from_numpy(load_mask(mask_path)), num_classes)
-    result = {"checkpoint": str(args.checkpoint), "images": len(pairs), "mode": args.mode,
+    conf = evaluate(model, pairs, mode=args.mode, dtype=dtype, progress=not args.no_progress)
+    result = {"checkpoint": str(args.checkpoint), "images": len(pairs), "mode": args.mode, "dtype": dtype,
               **metrics_from_confusion(conf, model.config.names), "confusion": conf.tolist()}
     write_json_atomic(result, out)
-    print(f"mIoU {result['mIoU']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  ({len(pairs)} images) -> {out}")
+    print(f"mIoU {result['mIoU']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  ({len(pairs)} images, {dtype}) "
+          f"-> {out}")
     for name, iou in result["per_class_iou"].items():
         print(f"  {name:<20} {'n/a' if iou is None else f'{iou:.4f}'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from ..heads.infer import collect_inputs, predict_images, predict_video
     from ..heads.metrics import write_json_atomic
     from ..heads.model import load_seg_model, read_checkpoint
-    from ..heads.train import amp_dtype
 
     ckpt = read_checkpoint(args.checkpoint)
     kind, files = collect_inputs(args.input)
     out = _output_folder(args.out)
     device = _device(args)
+    dtype = _inference_dtype(args, device)
     model = load_seg_model(args.checkpoint, device=device, ckpt=ckpt)
-    autocast = amp_dtype(args.amp, torch.device(device))
     background = None if args.background_class < 0 else args.background_class
     if background is not None and background >= model.config.num_classes:
         raise ValueError(f"--background-class {background} is not a class of this checkpoint (0.."
                          f"{model.config.num_classes - 1}); pass -1 to paint every class")
     if kind == "video":
-        result = predict_video(model, files[0], out, mode=args.mode, autocast=autocast,
+        result = predict_video(model, files[0], out, mode=args.mode, dtype=dtype,
                                progress=not args.no_progress, max_frames=args.max_frames, background=background)
     else:
-        result = predict_images(model, files, out, mode=args.mode, autocast=autocast, progress=not args.no_progress,
+        result = predict_images(model, files, out, mode=args.mode, dtype=dtype, progress=not args.no_progress,
                                 background=background)
     result.update(input=str(args.input), device=device, mode=args.mode)
     write_json_atomic(result, out / "predict.json")
@@ -134,9 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seg = subparsers.add_parser("seg", help="semantic segmentation heads on frozen ViTs (train, eval, predict)")
     sub = seg.add_subparsers(dest="seg_command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, training: bool = False) -> None:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
-        p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off elsewhere), off, bf16, fp16")
+        if training:
+            p.add_argument("--amp", default="auto", help="auto (bf16/fp16 on CUDA, off elsewhere), off, bf16, fp16")
+        else:
+            p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help=DTYPE_HELP)
+            p.add_argument("--amp", default=None, help="deprecated spelling of --dtype (auto: bf16/fp16 on CUDA)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="train a head on a frozen encoder (a rerun of the same command resumes)")
@@ -182,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "all)")
     t.add_argument("--head-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override the head YAML, e.g. head.channels=256 or backbone.feature_layers=4")
-    common(t)
+    common(t, training=True)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="mIoU / per-class IoU / pixel accuracy of a checkpoint at full resolution")
