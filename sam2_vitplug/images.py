@@ -18,7 +18,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image '{path}' does not exist; check --images and the file_name in the COCO json")
+        raise FileNotFoundError(f"image '{path}' does not exist; check the path (few-shot: --images and the file_name in the COCO json)")
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()

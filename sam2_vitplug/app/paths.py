@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # as runner.images_from_folder
+from ..images import IMAGE_EXTS  # the one list of image suffixes
 
 
 class BadRequest(ValueError):

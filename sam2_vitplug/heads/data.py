@@ -20,11 +20,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..images import IMAGE_EXTS as IMAGE_SUFFIXES
+from ..images import load_rgb  # noqa: F401 - heads read images the way every command does
 from .metrics import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "I;16", "I")
 
 
@@ -136,11 +137,6 @@ def validate_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int, *, igno
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as mask:
         return np.asarray(mask).astype(np.int64)
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclass(frozen=True)
