@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(off), or both side by side")
     parser.add_argument("--flops", action="store_true",
                         help="count the heavy stages' FLOPs and measure a matmul peak per dtype (GFLOP/s per stage)")
+    parser.add_argument("--flops-from", default=None, metavar="JSON",
+                        help="with --flops: take the stage FLOP counts from an earlier report of the same geometry "
+                             "(they are deterministic) instead of counting again")
     parser.add_argument("--out", required=True, help="JSON output")
     args = parser.parse_args(argv)
     device = args.device or default_device()
@@ -281,13 +284,19 @@ def main(argv: list[str] | None = None) -> int:
             images[0], Proposals(torch.zeros(0, 1, 1), torch.zeros(0, 4), torch.zeros(0), images[0].shape[:2],
                                  lambda idx: None))
         counted: dict[str, dict[str, int]] = {}
+        if args.flops and args.flops_from:
+            import json
+
+            counted.update(json.loads(Path(args.flops_from).read_text()).get("stage_flops", {}))
         for (method, label, plabel), (source, dtype, cast) in sources.items():
             matcher.compute_dtype = dtype  # the same ViT weights in every dtype (pre-cast copies are cached)
             predictor = FewShotPredictor(banks[method], source, matcher, cfgs[method])
             base = f"{Path(args.sam2_config).stem}+{name}" + (f":{label}" if len(variants) > 1 else "") \
                 + (f":{method}" if len(methods) > 1 else "")
             key = base + (f":{plabel}" if len(precisions) > 1 else "")
-            if args.flops and base not in counted:
+            if args.flops and base in counted:
+                report.setdefault("stage_flops", {})[base] = counted[base]
+            elif args.flops:
                 print(f"counting FLOPs of {base} ...", file=sys.stderr)
                 counted[base] = stage_flops(predictor, images[0])
                 report.setdefault("stage_flops", {})[base] = counted[base]
