@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from ..devices import default_device
 from ..encoders.sources import ENCODER_SOURCES_HELP
+from ..precision import DTYPE_HELP, DTYPES, check_dtype
 from ..sam2_presets import build_named_sam2
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from ..matching.io import load_coco_json
 
     cfg = load_config(args.set, method=args.method)
+    dtype = check_dtype(args.dtype, _device(args))  # before any file is read or model built
     mem = cfg.memory
     shots = args.shots if args.shots is not None else mem.shots
     seed = args.seed if args.seed is not None else mem.seed
@@ -46,9 +49,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
     if any(r.segmentation is None for r in refs):
         from ..build import make_image_predictor
 
-        prompter = sam2_box_prompter(make_image_predictor(_build_sam2(args, device)))
+        prompter = sam2_box_prompter(make_image_predictor(_build_sam2(args, device)), dtype=dtype)
     matcher = load_matcher(args.encoder, device=device, input_size=args.input_size or mem.input_size,
-                           random_init=args.random_init)
+                           random_init=args.random_init, dtype=dtype)
     names = {int(c["id"]): c.get("name", str(c["id"])) for c in coco["categories"]}
     bank = build_bank(matcher, refs, args.images, names, context=mem.context, batch_size=mem.batch_size,
                       box_prompter=prompter, crop=str(mem.crop), pooling=str(mem.pooling),
@@ -56,7 +59,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
                             "sampler": str(mem.sampler), "skipped": dict(report.skipped)})
     save_bank(bank, args.out)
     print(f"wrote {args.out}: {len(bank.class_ids)} classes, {bank.instances.shape[0]} instances, "
-          f"dim {bank.instances.shape[1]}, encoder {matcher.identity} at {matcher.input_size}px, method {cfg.method}")
+          f"dim {bank.instances.shape[1]}, encoder {matcher.identity} at {matcher.input_size}px, method {cfg.method}, "
+          f"{dtype}")
     return 0
 
 
@@ -108,7 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     bank = load_bank(args.bank)
     bank.check_method(cfg.method)  # before any model is built
     device = _device(args)
+    dtype = check_dtype(args.dtype, device)
     info = dist_info(device)
+    mismatch = bank.dtype_warning(dtype)
+    if mismatch and info.rank == 0:
+        print(mismatch, file=sys.stderr)
     if device.startswith("cuda") and info.world_size > 1:
         import torch
 
@@ -116,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     encoder = args.encoder or bank.encoder
     random_init = encoder.endswith("#random")
     matcher = load_matcher(encoder.removesuffix("#random"), device=device, input_size=int(bank.meta["input_size"]),
-                           random_init=random_init)
+                           random_init=random_init, dtype=dtype)
     bank.check_encoder(matcher)
     sam2_model = None
     if cfg.proposals.source == "ground_truth":
@@ -124,14 +132,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif cfg.proposals.source == "sam2":
         p = cfg.proposals
         sam2_model = _build_sam2(args, device)
-        source = sam2_proposals_from_config(sam2_model, p)
+        source = sam2_proposals_from_config(sam2_model, p, dtype=dtype)
         if p.shared_backbone:
             source.check_same_weights(matcher)
     else:
         raise ValueError(f"proposals.source must be sam2 or ground_truth, got {cfg.proposals.source!r}")
     predictor = FewShotPredictor(bank, source, matcher, cfg)
     settings = run_settings(cfg, images, matcher, sam2_model, bank=args.bank, ann=args.ann,
-                            sam2_config=args.sam2_config, sam2_overrides=args.sam2_override)
+                            sam2_config=args.sam2_config, sam2_overrides=args.sam2_override, extra={"dtype": dtype})
     results = run_images(predictor.predict, images, args.images, args.out, info=info, progress=not args.quiet,
                          settings=settings, overwrite=args.overwrite)
     if info.rank != 0:
@@ -191,6 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+        p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help=DTYPE_HELP)
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override configs/matching/fewshot.yaml (after the --method preset)")
         p.add_argument("--method", choices=("ntt", "vitplug"), default=None,
