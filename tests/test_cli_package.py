@@ -189,3 +189,14 @@ def test_every_way_in_starts(argv, first):
     assert out.stdout.startswith(first)
     if "matching.cli" in argv[2]:
         assert "deprecated" in out.stderr
+
+
+def test_info_lists_the_commands_and_the_cpu_bf16_capability(capsys):
+    import json
+
+    from sam2_vitplug.precision import cpu_fast_bf16
+
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["commands"] == dict.fromkeys(cli.BUILTIN_COMMANDS, "sam2-vitplug")
+    assert info["cpu_fast_bf16"] is cpu_fast_bf16()
