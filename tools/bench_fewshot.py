@@ -168,7 +168,7 @@ def merge_full_worst_case(n: int, height: int, width: int, classes: int = 10, re
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sam2_vitplug.cli import default_device
+    from sam2_vitplug.devices import default_device
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")

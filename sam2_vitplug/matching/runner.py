@@ -67,8 +67,9 @@ def images_from_coco(coco: dict) -> list[ImageEntry]:
 
 def images_from_folder(folder: str | os.PathLike) -> list[ImageEntry]:
     """Every image file in ``folder``, ids 1..N in file-name order (no annotations needed)."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-    names = sorted(p.name for p in Path(folder).iterdir() if p.suffix.lower() in exts)
+    from ..images import IMAGE_EXTS
+
+    names = sorted(p.name for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS)
     return [ImageEntry(i + 1, n) for i, n in enumerate(names)]
 
 
