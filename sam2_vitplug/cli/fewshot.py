@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..matching import load_config, load_matcher
     from ..matching.config import check_run_config
     from ..matching.proposals import adaptive_from_config, sam2_proposals_from_config
-    from ..matching.io import atomic_write_json, load_coco_json, load_rgb
+    from ..matching.io import atomic_write_json, load_coco_json
     from ..matching.run_record import run_settings
     from ..matching.runner import dist_info, images_from_coco, images_from_folder, run_images
 
@@ -146,17 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {args.out}: {len(results)} detections on {len(images)} images")
     if args.vis:
-        from ..matching.vis import write_overlay
+        from ..matching.vis import write_overlays
 
         vis_dir = Path(args.out).with_suffix("").as_posix() + "_vis"
-        names = dict(zip(bank.class_ids, bank.class_names))
-        for entry in images[: args.vis]:
-            truth = None if not args.vis_gt else [a for a in coco["annotations"] if int(a["image_id"]) == entry.image_id
-                                                   and int(a["category_id"]) in names]
-            write_overlay(Path(vis_dir) / f"{entry.image_id}.png", load_rgb(Path(args.images) / entry.file_name),
-                          [r for r in results if r["image_id"] == entry.image_id and r["score"] >= args.vis_min_score],
-                          names, ground_truth=truth)
-        print(f"overlays of {min(args.vis, len(images))} images in {vis_dir}/")
+        count = write_overlays(vis_dir, images[: args.vis], args.images, results,
+                               dict(zip(bank.class_ids, bank.class_names)), min_score=args.vis_min_score,
+                               annotations=coco["annotations"] if args.vis_gt else None)
+        print(f"overlays of {count} images in {vis_dir}/")
     if args.eval:
         stats = evaluate(coco, results, bank.class_ids)
         print(format_summary(stats))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -87,3 +88,19 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, results: list[dict
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def write_overlays(folder: str | os.PathLike, images: Sequence, image_dir: str | os.PathLike, results: list[dict],
+                   names: dict[int, str], *, min_score: float = 0.3, annotations: list[dict] | None = None) -> int:
+    """``<folder>/<image id>.png`` for each of ``images`` (``ImageEntry``s): the detections scoring
+    at least ``min_score`` and, with ``annotations``, the ground truth of the ``names`` classes
+    beside them. Returns how many were written."""
+    from ..images import load_rgb
+
+    for entry in images:
+        truth = None if annotations is None else [a for a in annotations if int(a["image_id"]) == entry.image_id
+                                                  and int(a["category_id"]) in names]
+        write_overlay(Path(folder) / f"{entry.image_id}.png", load_rgb(Path(image_dir) / entry.file_name),
+                      [r for r in results if r["image_id"] == entry.image_id and r["score"] >= min_score],
+                      names, ground_truth=truth)
+    return len(images)
