@@ -94,19 +94,25 @@ def full_precision(device: str | torch.device) -> Iterator[None]:
         yield
 
 
-# ---- pre-cast frozen weights (added for the few-shot path; see docs/precision.md) ------------
+# ---- pre-cast frozen linear weights (see docs/precision.md, "Pre-casting the frozen weights") --
 # Under autocast every matmul re-casts its fp32 weight to the compute dtype on every call: the
-# autocast weight cache only holds leaf tensors that require grad, and inference weights do not.
-# For a ViT-L that is 0.6 GB of casts per forward; for the prompt decoder, every weight once per
-# sub-batch of prompts. ``lowp_weights`` swaps cached low-precision copies of the frozen
-# Linear/Conv weights in for the duration of a call: autocast would have produced exactly these
-# tensors (the same round-to-nearest cast), so results are unchanged and the casts happen once.
-_LOWP_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
-                 torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+# autocast weight cache only holds leaf tensors that require grad, and inference weights often do
+# not. ``lowp_weights`` swaps cached low-precision copies of the frozen ``nn.Linear`` weights in for
+# the duration of a call. Autocast runs ``F.linear`` on operands cast with the same
+# round-to-nearest cast, so the result is bit-identical and the casts happen once.
+#
+# Only ``nn.Linear``: a convolution's weight dtype is also read by model code, not only by the
+# conv. transformers' DINOv3 casts the pixels to the patch-embedding conv's weight dtype
+# (``pixel_values.to(self.embeddings.patch_embeddings.weight.dtype)``) and then builds its RoPE
+# cos/sin tables in the pixels' dtype, so a bf16 conv weight puts the rotary tables in bf16, where
+# plain autocast keeps them fp32: measured up to 6.8e-3 off plain autocast on the tiny DINOv3 test
+# model, mostly in CLS. Convolutions keep their fp32 weights and autocast casts them per call.
+_LOWP_MODULES = (torch.nn.Linear,)
 _CACHE_ATTR = "_sam2_vitplug_lowp_cache"
 _precast_state = {"enabled": True}
 _swap_lock = threading.Lock()
-_swapped: dict[tuple[int, str], tuple[int, list]] = {}  # (module id, dtype) -> (users, fp32 originals)
+# (module id, dtype) -> (users, fp32 originals, keep the copies after the last user leaves)
+_swapped: dict[tuple[int, str], tuple[int, list, bool]] = {}
 
 
 def precast_enabled() -> bool:
@@ -127,17 +133,12 @@ def precast(enabled: bool) -> Iterator[None]:
         _precast_state["enabled"] = before
 
 
-def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
-    """``(submodule, parameter name, low-precision copy)`` for every fp32 Linear/Conv weight and
-    bias of ``module`` that is frozen here: ``requires_grad`` False, or any weight while grad mode
-    is off (inference: no gradient can flow to it, and inference models usually keep
-    ``requires_grad`` True). Cached on ``module`` and re-cast when a weight was changed in place
-    (its version counter or storage moved), so a loaded checkpoint is never shadowed."""
-    cache = module.__dict__.setdefault(_CACHE_ATTR, {})
-    entries = cache.get(dtype)
+def _lowp_targets(module: torch.nn.Module, grad: bool) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """``(submodule, parameter name, fp32 tensor)`` for every Linear weight and bias of ``module``
+    that is frozen here: ``requires_grad`` False, or any weight while grad mode is off
+    (inference: no gradient can flow to it, and inference models usually keep
+    ``requires_grad`` True)."""
     out = []
-    fresh = []
-    grad = torch.is_grad_enabled()
     for sub in module.modules():
         if not isinstance(sub, _LOWP_MODULES):
             continue
@@ -145,47 +146,88 @@ def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torc
             p = sub._parameters.get(name)
             if p is None or p.dtype != torch.float32 or (p.requires_grad and grad):
                 continue
-            fresh.append((sub, name, p))
+            out.append((sub, name, p))
+    return out
+
+
+def lowp_bytes(module: torch.nn.Module | None, dtype: str | torch.dtype | None, *, grad: bool | None = None) -> int:
+    """Bytes of the ``dtype`` copies :func:`lowp_weights` would make for ``module`` (0 for fp32,
+    ``None`` or with :func:`precast` off): memory plans count them. ``grad`` defaults to the
+    current grad mode (trainable weights are not copied while it is on)."""
+    name = parse_dtype(dtype)
+    if name == "fp32" or module is None or not precast_enabled():
+        return 0
+    grad = torch.is_grad_enabled() if grad is None else grad
+    elem = torch.finfo(DTYPES[name]).bits // 8
+    return sum(p.numel() * elem for _, _, p in _lowp_targets(module, grad))
+
+
+def drop_lowp_weights(module: torch.nn.Module) -> None:
+    """Free the low-precision copies cached on ``module`` (a caller done with reduced
+    precision); the next :func:`lowp_weights` call casts again. Copies in use stay alive until
+    their call ends."""
+    module.__dict__.pop(_CACHE_ATTR, None)
+
+
+def _lowp_copies(module: torch.nn.Module, dtype: torch.dtype) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """``(submodule, parameter name, low-precision copy)`` for :func:`_lowp_targets`. Cached on
+    ``module`` for one dtype (a call in another dtype replaces the copies, so switching dtypes
+    never holds two sets) and re-cast when a weight was changed in place (its version counter or
+    storage moved), so a loaded checkpoint is never shadowed."""
+    cache = module.__dict__.setdefault(_CACHE_ATTR, {})
+    entries = cache.get(dtype)
+    fresh = _lowp_targets(module, torch.is_grad_enabled())
     stamps = [(id(sub), name, p.data_ptr(), p._version, p.device) for sub, name, p in fresh]
     if entries is not None and entries[0] == stamps:
         return entries[1]
+    out = []
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: usable in and out of inference mode
         for sub, name, p in fresh:
             out.append((sub, name, p.detach().to(dtype)))
+    cache.clear()
     cache[dtype] = (stamps, out)
     return out
 
 
 @contextlib.contextmanager
-def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None) -> Iterator[None]:
-    """Run ``module`` with cached ``dtype`` copies of its frozen Linear/Conv weights (use inside
-    :func:`autocast`); a no-op for fp32, for ``module=None`` and when :func:`precast` is off.
-    With grad enabled, weights that require grad keep their fp32 originals (training sees them).
+def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None, *,
+                 keep: bool = True) -> Iterator[None]:
+    """Run ``module`` with ``dtype`` copies of its frozen ``nn.Linear`` weights and biases (use
+    inside :func:`autocast`; bit-identical to autocast's own casts); a no-op for fp32, for
+    ``module=None`` and when :func:`precast` is off. With grad enabled, weights that require grad
+    keep their fp32 originals (training sees them). Convolutions, norms and other parameters stay
+    fp32: transformers' DINOv3 casts its pixels to the patch-embedding conv's weight dtype (and
+    its RoPE tables to the pixels'), so a pre-cast conv would change its numbers (comment above).
 
-    Costs one low-precision copy of those weights (half the fp32 size for bf16/fp16), kept on the
-    module. Nested and concurrent calls in the same dtype share one swap (the last to leave
-    restores the originals); an fp32 call on ``module`` from another thread during the swap would
-    see the copies, so do not mix dtypes on one model across threads."""
+    Costs one low-precision copy of those weights (half their fp32 size for bf16/fp16). With
+    ``keep=True`` (default) the copies stay cached on the module for the next call (one dtype at
+    a time); ``keep=False`` drops them when the last user leaves, so they exist only during the
+    call (what a per-call memory plan counts: ``HRFeatureExtractor``). Nested and concurrent
+    calls in the same dtype share one swap (the last to leave restores the originals; any
+    ``keep=False`` among them drops the copies); an fp32 call on ``module`` from another thread
+    during the swap would see the copies, so do not mix dtypes on one model across threads."""
     name = parse_dtype(dtype)
     if name == "fp32" or module is None or not precast_enabled():
         yield
         return
     key = (id(module), name)
     with _swap_lock:
-        count, originals = _swapped.get(key, (0, None))
+        count, originals, keeps = _swapped.get(key, (0, None, True))
         if count == 0:  # first entrant swaps; nested or concurrent same-dtype calls share the swap
             copies = _lowp_copies(module, DTYPES[name])
             originals = [(sub, pname, sub._parameters[pname]) for sub, pname, _ in copies]
             for sub, pname, copy in copies:
                 sub._parameters[pname] = copy
-        _swapped[key] = (count + 1, originals)
+        _swapped[key] = (count + 1, originals, keeps and keep)
     try:
         yield
     finally:
         with _swap_lock:
-            count, originals = _swapped.pop(key)
+            count, originals, keeps = _swapped.pop(key)
             if count > 1:
-                _swapped[key] = (count - 1, originals)
+                _swapped[key] = (count - 1, originals, keeps)
             else:  # the last one out restores the fp32 originals
                 for sub, pname, original in originals:
                     sub._parameters[pname] = original
+                if not keeps:
+                    drop_lowp_weights(module)

@@ -4,7 +4,7 @@ clear line, outputs that callers store or threshold are fp32, and reruns give th
 
 Tolerances: bf16 keeps 8 significant bits, so every rounding is off by at most 2^-9 (0.2%)
 relative. Through the tiny 4-block ViTs and a head, the measured error is about 0.5% of the
-largest score or feature (docs/precision_heads_features.md); the bounds below allow 2%, 4x
+largest score or feature (docs/precision.md); the bounds below allow 2%, 4x
 that. A pixel's class can flip only where fp32's top-two scores are closer than twice the
 largest score error, which on the synthetic shapes is far below 1% of the pixels.
 """
@@ -28,9 +28,8 @@ from sam2_vitplug.heads.infer import compute_dtype, evaluate, predict_images, pr
 from sam2_vitplug.heads.metrics import metrics_from_confusion  # noqa: E402
 from sam2_vitplug.heads.model import SegModelConfig, build_seg_model, load_seg_model  # noqa: E402
 from sam2_vitplug.heads.train import TrainConfig, train  # noqa: E402
-from sam2_vitplug.modeling.autocast_weights import precast_linear_weights  # noqa: E402
 from sam2_vitplug.modeling.hr_features import HRFeatureExtractor  # noqa: E402
-from sam2_vitplug.precision import autocast, precast  # noqa: E402
+from sam2_vitplug.precision import autocast, lowp_bytes, lowp_weights, precast  # noqa: E402
 
 REL_TOL = 0.02          # largest |bf16 - fp32| as a share of the largest |fp32| value
 PIXEL_FLIP_TOL = 0.01   # share of pixels whose class differs
@@ -84,21 +83,28 @@ def test_fp16_on_cpu_is_one_line(tiny_models, trained_linear):
 @pytest.mark.parametrize("name", ["dinov2", "dinov2_reg", "dinov3", "ijepa"])
 def test_precast_equals_plain_autocast_bit_for_bit_and_restores(tiny_models, name):
     """Autocast casts a linear's weight with the same rounding as the pre-cast copy, so the
-    outputs must be equal, not close; afterwards the model holds its own fp32 tensors."""
+    outputs must be equal, not close, for every family; convolutions stay fp32 (DINOv3 casts its
+    pixels, and from them its RoPE tables, to the patch conv's weight dtype); afterwards the model
+    holds its own fp32 parameters again, and a second call reuses the cached copies."""
     loaded = load_encoder(tiny_models[name])
     model, kwargs = loaded.model.eval(), dict(loaded.family.forward_kwargs)
     before = {k: (p, p.detach().clone()) for k, p in model.named_parameters()}
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert linears and convs
     with torch.inference_mode():
         with autocast("bf16", "cpu"):
             plain = model(pixel_values=x, **kwargs).last_hidden_state
-        with precast_linear_weights(model, "bf16") as count, autocast("bf16", "cpu"):
-            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-            assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
-            pre = model(pixel_values=x, **kwargs).last_hidden_state
-    assert count > 0 and torch.equal(plain, pre)
-    with precast(False), precast_linear_weights(model, "bf16") as off:  # the benchmarks' autocast-only switch
-        assert off == 0 and all(m.weight.dtype == torch.float32 for m in linears)
+        for _ in range(2):  # the second call runs on the cached copies
+            with lowp_weights(model, "bf16"), autocast("bf16", "cpu"):
+                assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+                assert all(m.weight.dtype == torch.float32 for m in convs)
+                pre = model(pixel_values=x, **kwargs).last_hidden_state
+            assert torch.equal(plain, pre)
+    assert lowp_bytes(model, "bf16", grad=False) == sum(2 * p.numel() for m in linears for p in m.parameters())
+    with precast(False), lowp_weights(model, "bf16"):  # the benchmarks' autocast-only switch
+        assert all(m.weight.dtype == torch.float32 for m in linears)
     for key, p in model.named_parameters():
         assert p is before[key][0] and p.dtype == torch.float32 and torch.equal(p, before[key][1]), key
 

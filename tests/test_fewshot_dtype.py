@@ -38,7 +38,7 @@ from sam2_vitplug.matching import (
 from sam2_vitplug.matching.decoder_engine import FastMaskDecoder
 from sam2_vitplug.matching.evaluation import detection_agreement
 from sam2_vitplug.matching.io import load_coco_json, load_rgb
-from sam2_vitplug.precision import autocast
+from sam2_vitplug.precision import autocast, precast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from make_synthetic_dataset import DatasetSpec, make_dataset  # noqa: E402
@@ -85,6 +85,21 @@ def test_matcher_fp32_is_the_code_without_autocast_and_bf16_agrees(tiny_models):
     assert low.dtype == torch.float32 and 0 < _rel(low, plain) < 5e-2
     cos = torch.nn.functional.cosine_similarity(low.flatten(2), plain.flatten(2), dim=1)
     assert float(cos.min()) > 0.999
+
+
+@pytest.mark.parametrize("name", ["dinov2", "dinov2_reg", "dinov3", "ijepa"])
+def test_matcher_bf16_with_precast_weights_equals_plain_autocast(tiny_models, name):
+    """The matcher's pre-cast (``lowp_weights``: Linear only) gives plain autocast's bytes for every
+    family, DINOv3 included (it casts its pixels to the patch conv's weight dtype, which stays
+    fp32); and the weights are fp32 again after the call."""
+    patch = 16 if name == "dinov3" else 14
+    matcher = load_matcher(tiny_models[name], input_size=4 * patch, dtype="bf16")
+    pixels = torch.rand(2, 3, 4 * patch, 4 * patch, generator=torch.Generator().manual_seed(2))
+    with precast(False):
+        plain = matcher.encode(pixels)
+    for _ in range(2):  # first call casts, second reuses the cached copies
+        assert torch.equal(matcher.encode(pixels), plain)
+    assert all(p.dtype == torch.float32 and isinstance(p, torch.nn.Parameter) for p in matcher.vit.parameters())
 
 
 def test_bank_records_dtype_and_the_run_warns_on_a_mismatch(tiny_models, shapes):

@@ -69,8 +69,9 @@ def test_lowp_weights_gives_autocasts_numbers_and_restores_the_weights():
     with torch.inference_mode(), P.autocast("bf16", "cpu"):
         plain = net(x)
         with P.lowp_weights(net, "bf16"):
-            assert net.fc.weight.dtype == torch.bfloat16 and net.conv.bias.dtype == torch.bfloat16
+            assert net.fc.weight.dtype == torch.bfloat16 and net.fc.bias.dtype == torch.bfloat16
             assert net.norm.weight.dtype == torch.float32  # LayerNorm is not a matmul: left alone
+            assert net.conv.weight.dtype == torch.float32  # convs too: DINOv3 reads their dtype
             swapped = net(x)
     assert plain.dtype == torch.bfloat16 and torch.equal(plain, swapped)  # same cast, done once
     assert all(p is before[n] for n, p in net.named_parameters())  # the originals are back
@@ -111,3 +112,33 @@ def test_lowp_weights_nested_calls_share_one_swap():
             assert net.fc.weight is outer
         assert net.fc.weight is outer  # the inner exit does not restore under the outer call
     assert net.fc.weight is original
+
+
+def test_lowp_weights_keep_false_drops_the_copies_and_a_new_dtype_replaces_them():
+    """``keep=False`` (the HR memory plan's per-call copies) leaves nothing cached after the call;
+    switching dtype keeps one set of copies, not one per dtype."""
+    net = _frozen()
+    cache = lambda: net.__dict__.get("_sam2_vitplug_lowp_cache") or {}  # noqa: E731
+    with P.lowp_weights(net, "bf16"):
+        with P.lowp_weights(net, "bf16", keep=False):  # nested: shares the outer swap
+            assert net.fc.weight.dtype == torch.bfloat16
+    assert not cache() and net.fc.weight.dtype == torch.float32
+    with P.lowp_weights(net, "bf16"):
+        pass
+    assert list(cache()) == [torch.bfloat16]
+    with P.lowp_weights(net, "fp16"):
+        assert net.fc.weight.dtype == torch.float16
+    assert list(cache()) == [torch.float16]
+    P.drop_lowp_weights(net)
+    assert not cache()
+
+
+def test_lowp_bytes_counts_what_lowp_weights_copies():
+    net = _frozen()
+    linear = sum(p.numel() for p in net.fc.parameters())
+    assert P.lowp_bytes(net, "bf16") == 2 * linear and P.lowp_bytes(net, "fp32") == 0
+    with P.precast(False):
+        assert P.lowp_bytes(net, "bf16") == 0
+    net.fc.weight.requires_grad_(True)
+    assert P.lowp_bytes(net, "bf16", grad=True) == 2 * net.fc.bias.numel()
+    assert P.lowp_bytes(net, "bf16", grad=False) == 2 * linear

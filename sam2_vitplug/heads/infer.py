@@ -3,11 +3,11 @@ sliding window; coloured overlays with a legend; images, folders and videos (Ope
 
 Compute dtype (``dtype="fp32"|"bf16"|"fp16"``, validated by :func:`precision.check_dtype`):
 the frozen ViT and the head run under autocast, the ViT's ``nn.Linear`` weights pre-cast once
-per call (``modeling.autocast_weights``: bit-identical to autocast's own per-forward casts,
-without them). What stays fp32: the head outputs are cast to fp32 before the class scores
-(Mask2Former's softmax over classes and sigmoid over masks), the upsampling to the image, the
+and cached on the ViT (:func:`precision.lowp_weights`: bit-identical to autocast's own
+per-forward casts, without them). What stays fp32: the head outputs are cast to fp32 before the
+class scores (Mask2Former's softmax over classes and sigmoid over masks), the upsampling to the image, the
 sliding-window average, the argmax and the confusion matrix. ``fp32`` is the exact path, the
-code as it was without any dtype (docs/precision_heads_features.md).
+code as it was without any dtype (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_target, file_mode
-from ..modeling.autocast_weights import precast_linear_weights
-from ..precision import DTYPES, check_dtype, parse_dtype
+from ..precision import DTYPES, check_dtype, lowp_weights, parse_dtype
 from .data import IMAGE_SUFFIXES, Normalize
 from .model import SegModel
 
@@ -86,7 +85,7 @@ def predict_scores(model: SegModel, rgb: np.ndarray, *, mode: str = "resize", ov
     if mode not in INFERENCE_MODES:
         raise ValueError(f"inference mode must be one of {INFERENCE_MODES}, got {mode!r}")
     name = compute_dtype(model, dtype, autocast)
-    with precast_linear_weights(model.trunk.vit, name):
+    with lowp_weights(model.trunk.vit, name):
         return _predict_scores(model, rgb, mode, overlap, None if name == "fp32" else DTYPES[name])
 
 
@@ -202,7 +201,7 @@ def predict_images(model: SegModel, files: Sequence[Path], out_dir: Path, *, mod
     device = next(model.head.parameters()).device
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = []
-    with precast_linear_weights(model.trunk.vit, name):  # once for all images
+    with torch.no_grad(), lowp_weights(model.trunk.vit, name):  # once for all images (no grad: all frozen)
         for path in tqdm(files, desc="predicting", disable=not progress):
             rgb = load_rgb(path)
             _sync(device)
@@ -232,7 +231,7 @@ def evaluate(model: SegModel, pairs: Sequence[tuple[Path, Path]], *, mode: str =
     name = compute_dtype(model, dtype, autocast)
     num_classes = model.config.num_classes
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    with precast_linear_weights(model.trunk.vit, name):
+    with torch.no_grad(), lowp_weights(model.trunk.vit, name):  # no grad: every ViT weight counts as frozen
         for image_path, mask_path in tqdm(pairs, desc="evaluating", disable=not progress):
             labels = predict_scores(model, load_rgb(image_path), mode=mode, dtype=name).argmax(0).cpu()
             conf += confusion_matrix(labels, torch.from_numpy(load_mask(mask_path)), num_classes)
@@ -244,7 +243,7 @@ def predict_video(model: SegModel, path: Path, out_dir: Path, *, mode: str = "re
                   background: int | None = 0, dtype: str | torch.dtype | None = "fp32") -> dict:
     """Write ``<stem>_overlay.mp4`` with per-frame overlays and the running FPS."""
     name = compute_dtype(model, dtype, autocast)
-    with precast_linear_weights(model.trunk.vit, name):  # once for all frames
+    with torch.no_grad(), lowp_weights(model.trunk.vit, name):  # once for all frames (no grad: all frozen)
         result = _predict_video(model, path, out_dir, mode=mode, dtype=name, progress=progress,
                                 max_frames=max_frames, background=background)
     return dict(result, dtype=name)

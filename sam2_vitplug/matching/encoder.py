@@ -59,7 +59,7 @@ class HFMatcherEncoder(nn.Module):
 
     ``compute_dtype`` (``fp32`` default, ``bf16``, ``fp16``): the ViT forward runs under
     :func:`~sam2_vitplug.precision.autocast` with cached low-precision copies of its frozen
-    Linear/Conv weights (:func:`~sam2_vitplug.precision.lowp_weights`; same numbers as autocast
+    Linear weights (:func:`~sam2_vitplug.precision.lowp_weights`; same numbers as autocast
     alone, without re-casting 0.6 GB of ViT-L weights per image). Normalisation of the pixels
     and the returned grid are fp32; fp32 runs exactly the code without autocast.
     """

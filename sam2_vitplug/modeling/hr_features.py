@@ -12,10 +12,11 @@ Every check (K, shift, target size, family support, memory budget) runs in
 :meth:`HRFeatureExtractor.plan` before any forward.
 
 Reduced precision (``dtype="bf16"|"fp16"``): only the ViT forward runs under autocast (its
-``nn.Linear`` weights pre-cast once per call, ``autocast_weights``); the token maps leave it
-as fp32 and the upsampling, inversion and averaging over the K transforms run in fp32 outside
-autocast, so the output is an fp32 tensor either way. ``fp32`` is the exact path: no autocast
-context at all (docs/precision_heads_features.md).
+``nn.Linear`` weights pre-cast once per call by :func:`precision.lowp_weights`, and dropped
+after it, so the memory plan counts them); the token maps leave it as fp32 and the upsampling,
+inversion and averaging over the K transforms run in fp32 outside autocast, so the output is an
+fp32 tensor either way. ``fp32`` is the exact path: no autocast
+context at all (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from torch import nn
 
 from ..encoders.families import EncoderFamily
 from ..encoders.tokens import tokens_to_grid
-from ..precision import DTYPES, autocast, check_dtype, full_precision
-from .autocast_weights import precast_linear_weights
+from ..precision import DTYPES, autocast, check_dtype, full_precision, lowp_bytes, lowp_weights
 from .stride import check_stride_reduction, reduced_stride
 from .transforms import (TransformSet, accumulate_average, apply_transforms, check_target_size, default_shift, grid_size,
                          make_transforms)
@@ -186,21 +186,19 @@ class HRFeatureExtractor(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The ViT's parameter dtype (the input is cast to it)."""
-        return next(self.vit.parameters()).dtype
+        """The ViT's parameter dtype (the input is cast to it); read from real parameters, not
+        the low-precision copies :func:`precision.lowp_weights` swaps in during a forward."""
+        return next(p for p in self.vit.parameters() if isinstance(p, nn.Parameter)).dtype
 
     @property
     def reduced(self) -> bool:
         """Whether the ViT runs under autocast (``dtype`` bf16/fp16 on an fp32 model)."""
         return self.compute_dtype != "fp32"
 
-    def _linear_bytes(self) -> int:
-        """Bytes of the low-precision weight copies :func:`precast_linear_weights` makes."""
-        if not self.reduced:
-            return 0
-        elem = torch.finfo(DTYPES[self.compute_dtype]).bits // 8
-        return sum(p.numel() * elem for m in self.vit.modules() if isinstance(m, nn.Linear)
-                   for p in (m.weight, m.bias) if p is not None and p.dtype == torch.float32)
+    def _linear_bytes(self, grad: bool) -> int:
+        """Bytes of the low-precision ``nn.Linear`` copies :func:`precision.lowp_weights` makes for
+        one forward (``keep=False``: they exist only during it, so they are part of its plan)."""
+        return lowp_bytes(self.vit, self.compute_dtype, grad=grad)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid of a ``height x width`` input (denser with stride reduction)."""
@@ -226,7 +224,7 @@ class HRFeatureExtractor(nn.Module):
         out_elem = 4 if self.reduced else ((4 + elem) if low else elem)
         out_bytes = batch * hidden * target[0] * target[1] * out_elem
         part_bytes = 2 * hidden * gh * target[1] * (4 if low else elem)
-        fixed = out_bytes + part_bytes + batch * 3 * height * width * 4 + self._linear_bytes()
+        fixed = out_bytes + part_bytes + batch * 3 * height * width * 4 + self._linear_bytes(grad)
         per_item = estimate_vit_bytes(self.vit.config, tokens, dtype, grad=grad) + 3 * height * width * 4
         items = batch * self.k
         if self.memory_budget is None:
@@ -247,7 +245,7 @@ class HRFeatureExtractor(nn.Module):
         """``(n, 3, H, W)`` model-ready pixels -> ``(n, C, gh, gw)`` token map (one ViT forward;
         under autocast for a reduced ``dtype``, the map then cast to fp32)."""
         gh, gw = self.grid(*x.shape[-2:])
-        with reduced_stride(self.vit, self.stride), precast_linear_weights(self.vit, self.compute_dtype), \
+        with reduced_stride(self.vit, self.stride), lowp_weights(self.vit, self.compute_dtype, keep=False), \
                 autocast(self.compute_dtype, x.device):
             out = self.vit(pixel_values=x.to(self.dtype), output_hidden_states=self.layer is not None,
                            **self._forward_kwargs)
@@ -272,10 +270,11 @@ class HRFeatureExtractor(nn.Module):
         acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) or self.reduced else dtype
         out = torch.zeros(batch, int(self.vit.config.hidden_size), *plan.target, dtype=acc_dtype,
                           device=pixels.device)
-        # the weights are cast once for all chunks; the averaging never runs under an autocast
-        # the caller may hold (fp32 leaves the context as it is: the exact path)
+        # the weights are cast once for all chunks and dropped after the call (the memory plan
+        # counts them per call); the averaging never runs under an autocast the caller may hold
+        # (fp32 leaves the context as it is: the exact path)
         keep_fp32 = self.reduced
-        with precast_linear_weights(self.vit, self.compute_dtype):
+        with lowp_weights(self.vit, self.compute_dtype, keep=False):
             for start in range(0, plan.items, plan.chunk):
                 items = range(start, min(start + plan.chunk, plan.items))
                 maps = self.token_maps(apply_transforms(pixels, self.tset, items))
