@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
