@@ -31,6 +31,24 @@ def test_check_dtype_per_device():
     assert isinstance(P.cpu_fast_bf16(), bool)
 
 
+def test_check_dtype_on_cuda_follows_the_gpus_bf16_support(monkeypatch):
+    """The CUDA branch without a GPU: the answer comes from torch's own bf16 query."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Old GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.check_dtype("fp16", "cuda:0") == "fp16" and P.check_dtype("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match=r"^--dtype bf16: Old GPU has no bf16 support; use --dtype fp16$"):
+        P.check_dtype("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.check_dtype("bf16", "cuda") == "bf16"
+
+
+def test_cpu_fast_bf16_asks_torchs_capability_query(monkeypatch):
+    for amx, avx in ((True, False), (False, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        assert P.cpu_fast_bf16() is (amx or avx)
+
+
 def test_autocast_is_a_no_op_in_fp32_and_full_precision_leaves_it():
     x, w = torch.randn(4, 8), torch.randn(8, 8)
     with P.autocast("fp32", "cpu"):
