@@ -81,15 +81,11 @@ def fmt(value: Any, spec: str, width: int = 0) -> str:
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
-    """Left-aligned columns as wide as their widest cell, a rule under the header."""
-    out = out or sys.stdout
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    print(lines[0], file=out)
-    print("-" * max(len(line) for line in lines), file=out)
-    for line in lines[1:]:
-        print(line, file=out)
+    """Left-aligned columns as wide as their widest cell, one rule under the header
+    (:func:`sam2_vitplug.tables.format_table`)."""
+    from sam2_vitplug.tables import format_table
+
+    print(format_table(header, rows, full_rule=True), file=out or sys.stdout)
 
 
 def _read_field(path: str, prefix: str) -> str | None:
