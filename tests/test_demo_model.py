@@ -136,12 +136,15 @@ def test_demo_reaches_the_card_ap(card, tmp_path):
 
 @pytest.mark.slow
 def test_demo_recipe_learns_in_minutes(tmp_path):
-    """tools/train_demo_model.py's recipe and architecture, cut to one short epoch at 128 px: held-out
-    single-click IoU must rise by at least 0.1 (the untrained model sits near 0.1)."""
+    """tools/train_demo_model.py's recipe and architecture, cut to 150 images at 128 px: held-out
+    single-click IoU must rise by at least 0.1. The untrained model sits near 0.04 (the card's 'before'
+    0.041). From random init the model first learns to predict background and its masks (and the IoU
+    head's pick) only turn useful after several hundred steps: measured gains at 1, 3, 4, 5 and 6 epochs
+    of 150 steps were +0.00, -0.01, -0.03, +0.15 and +0.25, so 6 epochs (900 steps, ~3 min) it is."""
     import train_demo_model
 
     out = tmp_path / "assets"
     assert train_demo_model.main(["--work", str(tmp_path / "work"), "--out-dir", str(out), "--image-size", "128",
-                                  "--train", "150", "--val", "12", "--epochs", "1", "--no-fewshot"]) == 0
+                                  "--train", "150", "--val", "12", "--epochs", "6", "--no-fewshot"]) == 0
     result = json.loads((out / "card.json").read_text())
     assert result["iou"]["after"] - result["iou"]["before"] >= 0.1, result["iou"]

@@ -127,3 +127,20 @@ def test_bench_train_small(tmp_path):
     # freezing keeps no ViT activations for backward: strictly less saved memory, fewer trainable params
     assert rows["vit_frozen"]["saved_for_backward_mib"] < rows["vit_unfrozen"]["saved_for_backward_mib"]
     assert rows["vit_frozen"]["trainable_m"] < rows["vit_unfrozen"]["trainable_m"]
+
+
+def test_train_check_initial_model_follows_its_seed(tmp_path):
+    """``--seed`` reaches the SAM2 head initialisation: the build seeds its own forked RNG
+    (``init_seed``), so a global ``torch.manual_seed`` before it changed nothing."""
+    import torch
+    import train_check as tc
+
+    vit = tc._tiny_vit(tmp_path / "vit", 0, hidden=32, layers=1, heads=2)
+    states = [tc._initial_model(vit, tmp_path / f"init{seed}.pt", seed, 64, "32,32,16,8").state_dict()
+              for seed in (0, 0, 1)]
+    name = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    assert torch.equal(states[0][name], states[1][name])
+    assert not torch.equal(states[0][name], states[2][name])
+    # the trunk's ViT comes from the saved encoder, whatever the seed
+    vit_name = "image_encoder.trunk.vit.embeddings.patch_embeddings.projection.weight"
+    assert torch.equal(states[0][vit_name], states[2][vit_name])

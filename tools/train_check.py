@@ -65,8 +65,9 @@ def _initial_model(vit: Path, out: Path, seed: int, image_size: int, out_dims: s
 
     from sam2_vitplug.build import build_sam2_vit
 
-    torch.manual_seed(seed)
-    model = build_sam2_vit("sam2_vit_dino_s.yaml", device="cpu",
+    # the build initialises under its own forked RNG seeded with init_seed (a global
+    # torch.manual_seed here would not reach it), so --seed is passed to it
+    model = build_sam2_vit("sam2_vit_dino_s.yaml", device="cpu", init_seed=seed,
                            hydra_overrides_extra=_trunk_overrides(vit, image_size, out_dims))
     tmp = out.with_suffix(".tmp")
     torch.save({"model": model.state_dict()}, tmp)
