@@ -20,6 +20,9 @@ from typing import Iterator
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# every spelling accepted for a dtype -> its short name (the trunk's force_dtype reads the same table)
+DTYPE_NAMES: dict[str, str] = {**{n: n for n in DTYPES}, "float32": "fp32", "float": "fp32", "bfloat16": "bf16",
+                               "float16": "fp16", "half": "fp16"}
 DTYPE_HELP = ("compute dtype: fp32 (exact, default), bf16 (CPUs with AVX512-BF16/AMX, CUDA GPUs with bf16) "
               "or fp16 (CUDA/MPS only); heavy matmuls run under autocast, thresholds, NMS and scores stay fp32")
 
@@ -34,9 +37,8 @@ def parse_dtype(name: str | torch.dtype | None, flag: str = "--dtype") -> str:
             if dtype == name:
                 return short
         raise ValueError(f"{flag} {name} is not supported; use one of {', '.join(DTYPES)}")
-    aliases = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
-    value = aliases.get(str(name).strip().lower(), str(name).strip().lower())
-    if value not in DTYPES:
+    value = DTYPE_NAMES.get(str(name).strip().lower())
+    if value is None:
         raise ValueError(f"{flag} {name!r} is not a dtype; use one of {', '.join(DTYPES)}")
     return value
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +29,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from ..matching.io import load_coco_json
 
     cfg = load_config(args.set, method=args.method)
-    dtype = check_dtype(args.dtype, _device(args))  # before any file is read or model built
+    device = _device(args)
+    dtype = check_dtype(args.dtype, device)  # before any file is read or model built
     mem = cfg.memory
     shots = args.shots if args.shots is not None else mem.shots
     seed = args.seed if args.seed is not None else mem.seed
@@ -44,7 +44,6 @@ def cmd_memory(args: argparse.Namespace) -> int:
     by_id = {int(im["id"]): im for im in coco["images"]}
     check_image_sizes([by_id[i] for i in sorted({r.image_id for r in refs})], args.images)  # before any model
     print(f"references: {report.summary()}")
-    device = _device(args)
     prompter = None
     if any(r.segmentation is None for r in refs):
         from ..build import make_image_predictor
@@ -165,16 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..matching import evaluate, format_summary, load_bank
     from ..matching.coco_checks import check_results
-    from ..matching.io import atomic_write_json, load_coco_json
+    from ..matching.io import atomic_write_json, load_coco_json, read_json
 
     coco = load_coco_json(args.ann)
     path = Path(args.results)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file '{path}' does not exist")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"results file '{path}' is not valid JSON ({err})") from err
+    results = read_json(path, "results file")
     iou_types = check_results(results, coco, path)
     if iou_types == ("bbox",):
         print(f"note: the results in '{path}' carry no segmentation; evaluating bbox only")

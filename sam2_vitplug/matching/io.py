@@ -12,16 +12,22 @@ from ..atomic import atomic_target, atomic_write_bytes, file_mode  # noqa: F401 
 from ..images import load_rgb  # noqa: F401 - image reading lives there
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file's content; a missing file or bad JSON is one line naming ``what`` it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} '{path}' is not valid JSON ({err})") from err
+
+
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """A COCO instances file with ``images``, ``annotations`` and ``categories`` lists, checked
     up front (:func:`~sam2_vitplug.matching.coco_checks.check_coco`)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file '{path}' does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"'{path}' is not valid JSON ({err})") from err
+    data = read_json(path, "COCO annotation file")
     from .coco_checks import check_coco
 
     return check_coco(data, path)  # top level, required fields, unique ids, segmentation and bbox forms

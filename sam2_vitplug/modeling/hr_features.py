@@ -120,9 +120,6 @@ def estimate_vit_bytes(config: Any, tokens: int, dtype: torch.dtype, *, grad: bo
     return int(total * _SAFETY)
 
 
-_nothing = contextlib.nullcontext
-
-
 class HRFeatureExtractor(nn.Module):
     """Transform-averaged (and optionally stride-reduced) features of a transformers ViT.
 
@@ -278,7 +275,7 @@ class HRFeatureExtractor(nn.Module):
             for start in range(0, plan.items, plan.chunk):
                 items = range(start, min(start + plan.chunk, plan.items))
                 maps = self.token_maps(apply_transforms(pixels, self.tset, items))
-                with full_precision(pixels.device) if keep_fp32 else _nothing():
+                with full_precision(pixels.device) if keep_fp32 else contextlib.nullcontext():
                     accumulate_average(out, maps, items, self.tset, (height, width), patch=self.patch_size,
                                        stride=self.stride)
                 del maps

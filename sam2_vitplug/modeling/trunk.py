@@ -22,22 +22,14 @@ from torch import nn
 
 from ..encoders import load_encoder
 from ..encoders.tokens import tokens_to_grid
+from ..precision import DTYPE_NAMES, DTYPES
 from .pyramid import MultiScalePyramid, UpsampleMode
 from .transforms import TransformSet, apply_transforms, average_maps, make_transforms
 
 STRIDES = (4, 8, 16, 32)
 GRID_STRIDE = 16
 
-_DTYPES = {
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-}
+_DTYPES = {name: DTYPES[short] for name, short in DTYPE_NAMES.items()}  # precision's spellings
 
 
 def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
