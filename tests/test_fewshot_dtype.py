@@ -101,6 +101,24 @@ def test_matcher_bf16_with_precast_weights_equals_plain_autocast(tiny_models, na
     assert all(p.dtype == torch.float32 and isinstance(p, torch.nn.Parameter) for p in matcher.vit.parameters())
 
 
+def test_matcher_hr_features_follow_its_dtype_and_average_in_fp32(tiny_models):
+    """``encode_hr`` (scoring.hr_transforms) runs its ViT forwards in the matcher's dtype through
+    the HR extractor itself, whose transform average stays fp32: the same bytes as an
+    HRFeatureExtractor built with that dtype, fp32 out, and within bf16 rounding of fp32."""
+    from sam2_vitplug.modeling.hr_features import HRFeatureExtractor
+
+    fp32 = load_matcher(tiny_models["dinov2"], input_size=56)
+    bf16 = load_matcher(tiny_models["dinov2"], input_size=56, dtype="bf16")
+    assert bf16.hr_extractor(4).compute_dtype == "bf16" and fp32.hr_extractor(4).compute_dtype == "fp32"
+    pixels = torch.rand(1, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    low = bf16.encode_hr(pixels, (16, 16), 4)
+    with torch.inference_mode():
+        direct = HRFeatureExtractor(bf16.vit, bf16.family, transforms=4, dtype="bf16")((pixels - bf16.mean) / bf16.std,
+                                                                                      (16, 16))
+    assert low.dtype == torch.float32 and torch.equal(low, direct)
+    assert 0 < _rel(low, fp32.encode_hr(pixels, (16, 16), 4)) < 5e-2
+
+
 def test_bank_records_dtype_and_the_run_warns_on_a_mismatch(tiny_models, shapes):
     train = load_coco_json(shapes / "train" / "annotations.json")
     refs, _ = sample_references(train, 1, 0, min_size=16)

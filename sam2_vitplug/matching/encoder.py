@@ -112,11 +112,12 @@ class HFMatcherEncoder(nn.Module):
     def hr_extractor(self, transforms: int, *, shift: int | None = None, directions: int | None = None,
                      border: str = "reflect", memory_budget: int | str | None = None):
         """A :class:`~sam2_vitplug.modeling.hr_features.HRFeatureExtractor` on this encoder's
-        ViT (shares its weights); raises ``ValueError`` for an unsupported K or shift."""
+        ViT (shares its weights) in this encoder's ``compute_dtype`` (it keeps the transform
+        average fp32 itself); raises ``ValueError`` for an unsupported K or shift."""
         from ..modeling.hr_features import HRFeatureExtractor
 
         return HRFeatureExtractor(self.vit, self.family, transforms=transforms, shift=shift, directions=directions,
-                                  border=border, memory_budget=memory_budget)
+                                  border=border, memory_budget=memory_budget, dtype=self.compute_dtype)
 
     @torch.inference_mode()
     def encode_hr(self, pixels: torch.Tensor, size: tuple[int, int], transforms: int, *,
@@ -124,8 +125,7 @@ class HFMatcherEncoder(nn.Module):
         """``(B, 3, S, S)`` RGB in ``[0, 1]`` -> ``(B, C, size)`` features averaged over
         ``transforms`` shifted/flipped copies (docs/architecture.md section 5), float32."""
         x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
-        with autocast(self.compute_dtype, x.device), lowp_weights(self.vit, self.compute_dtype):
-            return self.hr_extractor(transforms, shift=shift)(x, size).float()
+        return self.hr_extractor(transforms, shift=shift)(x, size).float()
 
 
 def load_matcher(
