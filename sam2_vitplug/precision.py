@@ -233,3 +233,12 @@ def lowp_weights(module: torch.nn.Module | None, dtype: str | torch.dtype | None
                     sub._parameters[pname] = original
                 if not keeps:
                     drop_lowp_weights(module)
+
+
+@contextlib.contextmanager
+def compute_in(dtype: str | torch.dtype | None, device: str | torch.device,
+               module: torch.nn.Module | None = None) -> Iterator[None]:
+    """Run ``module`` (the model about to be called) in ``dtype``: :func:`autocast` plus its
+    pre-cast frozen Linear weights (:func:`lowp_weights`); nothing at all for fp32."""
+    with autocast(dtype, device), lowp_weights(module, dtype):
+        yield

@@ -150,7 +150,7 @@ def test_proposals_fp32_equal_the_code_without_precision_contexts(sam2_tiny, sha
     import sam2_vitplug.matching.proposals as proposals_mod
 
     for mod in (engine_mod, proposals_mod):
-        for name in ("autocast", "full_precision", "lowp_weights"):
+        for name in ("compute_in", "full_precision"):
             monkeypatch.setattr(mod, name, _null)
     without = SAM2Proposals(sam2_tiny, points_per_side=4, points_batch=8, iou_thr=0.0)(image, 0)
     assert torch.equal(with_contexts.logits, without.logits) and torch.equal(with_contexts.iou, without.iou)

@@ -160,3 +160,16 @@ def test_lowp_bytes_counts_what_lowp_weights_copies():
     net.fc.weight.requires_grad_(True)
     assert P.lowp_bytes(net, "bf16", grad=True) == 2 * net.fc.bias.numel()
     assert P.lowp_bytes(net, "bf16", grad=False) == 2 * linear
+
+
+def test_compute_in_is_autocast_plus_the_precast_weights():
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).requires_grad_(False)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    with P.compute_in("fp32", "cpu", net):  # nothing at all: fp32 weights, fp32 math
+        assert net[0].weight.dtype == torch.float32 and torch.equal(net(x), nn.Sequential(*net)(x))
+    with P.precast(False), P.autocast("bf16", "cpu"):
+        plain = net(x)
+    with P.compute_in("bf16", "cpu", net):
+        assert net[0].weight.dtype == torch.bfloat16
+        assert torch.equal(net(x), plain)
+    assert net[0].weight.dtype == torch.float32

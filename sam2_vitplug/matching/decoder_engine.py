@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..precision import DTYPES, autocast, full_precision, lowp_weights, parse_dtype
+from ..precision import DTYPES, compute_in, full_precision, parse_dtype
 
 # Per-prompt image tokens in flight at once, in bytes: 4 prompts at 1024 px (4 MiB each), more at
 # smaller sizes. Chosen by measurement (tools/bench_proposals.py --sweep): on CPU, sub-batches
@@ -157,7 +157,7 @@ class FastMaskDecoder:
     def _compute(self) -> Iterator[None]:
         """Autocast to ``compute_dtype`` with the transformer's frozen weights pre-cast (no-op in fp32)."""
         device = self.decoder.iou_token.weight.device
-        with autocast(self.compute_dtype, device), lowp_weights(self.decoder.transformer, self.compute_dtype):
+        with compute_in(self.compute_dtype, device, self.decoder.transformer):
             yield
 
     # ---- per image ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoders.tokens import tokens_to_grid
-from ..precision import autocast, check_dtype, lowp_weights, parse_dtype
+from ..precision import check_dtype, compute_in, parse_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class HFMatcherEncoder(nn.Module):
             raise ValueError(f"image {height}x{width} is not a multiple of patch size {self.patch_size}")
         x = (pixels.to(self.mean.device, self.mean.dtype) - self.mean) / self.std
         dtype = next(self.vit.parameters()).dtype
-        with autocast(self.compute_dtype, x.device), lowp_weights(self.vit, self.compute_dtype):
+        with compute_in(self.compute_dtype, x.device, self.vit):
             out = self.vit(pixel_values=x.to(dtype), **self._forward_kwargs)
         grid = self.tokens_to_grid(out.last_hidden_state, height // self.patch_size, width // self.patch_size)
         return grid.float()

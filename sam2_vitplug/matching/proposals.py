@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..precision import autocast, check_dtype, full_precision, lowp_weights
+from ..precision import check_dtype, compute_in, full_precision
 from .adaptive import AdaptiveConfig, adaptive_decode
 from .decoder_engine import FastMaskDecoder
 from .features import masks_to_grid
@@ -267,7 +267,7 @@ class SAM2Proposals:
         with full_precision(points.device):  # fp32 prompt encoding (FastMaskDecoder's docstring says why)
             sparse, dense = model.sam_prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
             image_pe = model.sam_prompt_encoder.get_dense_pe()
-        with autocast(self.compute_dtype, points.device), lowp_weights(model.sam_mask_decoder, self.compute_dtype):
+        with compute_in(self.compute_dtype, points.device, model.sam_mask_decoder):
             low, iou, _, _ = model.sam_mask_decoder(
                 image_embeddings=feats["image_embed"][-1:], image_pe=image_pe,
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=self.multimask,
@@ -327,7 +327,7 @@ class SAM2Proposals:
             x = (x - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         else:
             x = pred._transforms(image)[None].to(pred.device)
-        with autocast(self.compute_dtype, x.device), lowp_weights(model.image_encoder, self.compute_dtype):
+        with compute_in(self.compute_dtype, x.device, model.image_encoder):
             backbone_out = model.forward_image(x)
         _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
         vision_feats = [f.float() for f in vision_feats]  # fp32 from here on (a no-op in fp32)

@@ -287,7 +287,7 @@ def sam2_box_prompter(predictor, dtype: str = "fp32") -> BoxPrompter:
     ``dtype`` (``fp32``/``bf16``/``fp16``): the image encoder runs under autocast with pre-cast
     frozen weights and its features are cast back to fp32; the few box decodes per reference
     image run in fp32 (cheap, and the masks are thresholded)."""
-    from ..precision import autocast, check_dtype, lowp_weights
+    from ..precision import check_dtype, compute_in
 
     model = predictor.model
     dtype = check_dtype(dtype, predictor.device)
@@ -296,7 +296,7 @@ def sam2_box_prompter(predictor, dtype: str = "fp32") -> BoxPrompter:
         if dtype == "fp32":
             predictor.set_image(image)
         else:
-            with autocast(dtype, predictor.device), lowp_weights(model.image_encoder, dtype):
+            with compute_in(dtype, predictor.device, model.image_encoder):
                 predictor.set_image(image)
             feats = predictor._features
             predictor._features = {"image_embed": feats["image_embed"].float(),
